@@ -1,0 +1,75 @@
+"""Bundled verifiable tasks as ``datasets.Dataset`` in TRL's column conventions.
+
+    >>> ds = load_task("arith", split="test", n=200, seed=0)
+    >>> ds.column_names
+    ['prompt', 'completion', 'answer']
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from manyminds.tasks.answers import extract_answer, normalize_answer, verify_answer
+from manyminds.tasks.arith import arith_rows
+from manyminds.tasks.conflict import conflict_rows
+from manyminds.tasks.prefs import prefs_rows
+from manyminds.tasks.splits import SPLITS, split_of
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    rows: Callable[..., list[dict]]
+    description: str
+    default_n: dict
+
+
+TASKS: dict[str, Task] = {
+    "arith": Task("arith", arith_rows,
+                  "arithmetic with a worked solution and a '#### <answer>' line (knobs: digits, ops, operators)",
+                  {"train": 5000, "test": 200}),
+    "conflict": Task("conflict", conflict_rows,
+                     "'@' means + for half the annotators and - for the rest, plus unambiguous +/- controls "
+                     "(knobs: digits, conflict_fraction)", {"train": 2000, "test": 200}),
+    "prefs": Task("prefs", prefs_rows,
+                  "preference pairs: terse-vs-worked style disagreement between two annotator groups, plus "
+                  "agreed right-vs-wrong pairs (knobs: digits, ops, style_fraction)", {"train": 2000, "test": 200}),
+}
+
+
+def task_knobs(name: str) -> dict:
+    """Difficulty knobs of a task and their defaults."""
+    params = inspect.signature(TASKS[name].rows).parameters
+    return {k: p.default for k, p in params.items() if k not in ("split", "n", "seed")}
+
+
+def load_task(name: str, split: str = "train", n: int | None = None, seed: int = 0, **knobs):
+    """Load a bundled task as a ``datasets.Dataset``.
+
+    Args:
+        name: one of :data:`TASKS` (``"arith"``, ``"conflict"``, ``"prefs"``).
+        split: ``"train"`` or ``"test"``; the two never share a prompt.
+        n: number of rows (default: the task's default for the split).
+        seed: sampling seed; the same arguments always give the same rows.
+        **knobs: task-specific difficulty settings (see :func:`task_knobs`).
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for task {name!r}; valid splits: {', '.join(SPLITS)}")
+    valid = task_knobs(name)
+    bad = sorted(set(knobs) - set(valid))
+    if bad:
+        raise ValueError(f"unknown setting(s) {', '.join(bad)} for task {name!r}; valid: {', '.join(valid)}")
+    n = TASKS[name].default_n[split] if n is None else n
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    import datasets
+
+    return datasets.Dataset.from_list(TASKS[name].rows(split=split, n=n, seed=seed, **knobs))
+
+
+__all__ = ["TASKS", "SPLITS", "load_task", "task_knobs", "extract_answer", "verify_answer",
+           "normalize_answer", "split_of"]
