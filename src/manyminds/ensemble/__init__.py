@@ -1,0 +1,46 @@
+"""Soft specialists: K LoRA members on one frozen base, trained with the alpha-Renyi objective.
+
+- :class:`EnsembleLoRA`: K-member LoRA layers (batched), routing contexts, PEFT save/load.
+- :func:`renyi_loss`, :func:`renyi_dpo_loss`, :func:`gaussian_prior`: the objectives.
+- :mod:`manyminds.ensemble.uncertainty`: total / aleatoric / epistemic, risk-coverage, AUROC.
+- :mod:`manyminds.ensemble.decoding`: mixture decoding, per-member generation, majority vote.
+"""
+
+from .decoding import (
+    MixtureOutput,
+    generate_members,
+    generate_texts,
+    majority_vote,
+    member_majority,
+    mixture_generate,
+)
+from .lora import EnsembleLoRA, EnsembleLoRAConfig, default_target_modules, match_target_modules
+from .objectives import (
+    bradley_terry_logp,
+    effective_members,
+    gaussian_prior,
+    renyi_dpo_loss,
+    renyi_loss,
+    renyi_value,
+    responsibility_entropy,
+)
+from .uncertainty import (
+    answer_disagreement,
+    auroc,
+    completion_logps,
+    logp_variance,
+    risk_coverage,
+    selective_answer,
+    sequence_uncertainty,
+    token_uncertainty,
+)
+
+__all__ = [
+    "EnsembleLoRA", "EnsembleLoRAConfig", "default_target_modules", "match_target_modules",
+    "renyi_loss", "renyi_value", "renyi_dpo_loss", "bradley_terry_logp", "gaussian_prior",
+    "responsibility_entropy", "effective_members",
+    "token_uncertainty", "logp_variance", "answer_disagreement", "risk_coverage",
+    "selective_answer", "auroc", "completion_logps", "sequence_uncertainty",
+    "mixture_generate", "generate_members", "generate_texts", "majority_vote", "member_majority",
+    "MixtureOutput",
+]

@@ -1,0 +1,202 @@
+"""Inference with an ensemble: mixture decoding, per-member generation, majority vote.
+
+Mixture decoding samples from the ensemble's Bayesian predictive ``mean_k p_k(token | prefix)``.
+It runs the K-repeated (member-major) batch through ``model.generate`` with the KV cache; at every
+step a logits processor averages the K members' next-token probabilities of each prompt, picks one
+token from the mixture and forces that same token on all K copies, so the caches stay aligned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .lora import EnsembleLoRA
+
+
+class MixtureLogitsProcessor(LogitsProcessor):
+    """Replace each member row's scores by a one-hot choice drawn from the members' mixture.
+
+    Input scores are ``[K*B, V]`` (member-major). Per step it records the token-level uncertainty
+    of the mixture (total / aleatoric / epistemic, ``[B]`` each) and the mixture log-prob of the
+    chosen token.
+    """
+
+    def __init__(self, num_members: int, temperature: float = 0.0, seed: int = 0):
+        self.num_members = num_members
+        self.temperature = temperature
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        K = self.num_members
+        V = scores.shape[-1]
+        logits = scores.float().view(K, -1, V)                          # [K, B, V]
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        logq = torch.log_softmax(logits, dim=-1)                        # [K, B, V]
+        log_mix = torch.logsumexp(logq, dim=0) - math.log(K)            # [B, V]
+        if self.temperature > 0:
+            if self._generator is None or self._generator.device != scores.device:
+                self._generator = torch.Generator(device=scores.device)
+                self._generator.manual_seed(self.seed)
+            chosen = torch.multinomial(log_mix.exp(), 1, generator=self._generator).squeeze(-1)
+        else:
+            chosen = log_mix.argmax(-1)                                 # [B]
+        with torch.no_grad():
+            aleatoric = -(logq.exp() * logq).sum(-1).mean(0)
+            total = -(log_mix.exp() * log_mix).sum(-1)
+            self.steps.append({"token": chosen, "logp": log_mix.gather(-1, chosen[:, None])[:, 0],
+                               "total": total, "aleatoric": aleatoric,
+                               "epistemic": (total - aleatoric).clamp_min(0.0)})
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(-1, chosen.repeat(K)[:, None], 0.0)             # same token on all K copies
+        return forced
+
+
+@dataclass
+class MixtureOutput:
+    """Result of :func:`mixture_generate`.
+
+    Attributes:
+        sequences: ``[B, T_prompt + T_new]`` prompt and generated tokens.
+        uncertainty: ``total``, ``aleatoric``, ``epistemic``, ``logp`` per generated token,
+            ``[B, T_new]`` each (steps after a row finished are still computed; mask with
+            ``finished``).
+    """
+
+    sequences: torch.Tensor
+    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _check_single_sequence(kwargs: dict) -> None:
+    if kwargs.get("num_return_sequences", 1) != 1 or kwargs.get("num_beams", 1) != 1:
+        raise ValueError("ensemble generation keeps rows member-major; num_return_sequences and "
+                         "num_beams must be 1 (repeat the prompts instead)")
+
+
+@torch.no_grad()
+def mixture_generate(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
+                     temperature: float = 0.0, seed: int = 0, **generate_kwargs) -> MixtureOutput:
+    """Decode from the ensemble's predictive ``mean_k p_k`` in one batched pass per step (KV cache).
+
+    Args:
+        input_ids, attention_mask: ``[B, T]`` left-padded prompts.
+        max_new_tokens: tokens to generate.
+        temperature: 0 = greedy on the mixture; > 0 = sample from the tempered members' mixture.
+        seed: seed of the sampling generator (pure function of the seed, not the global RNG).
+        **generate_kwargs: passed to ``model.generate`` (``eos_token_id``, ``pad_token_id``, ...).
+
+    Returns:
+        :class:`MixtureOutput` with ``sequences [B, T + new]`` and per-token uncertainty.
+    """
+    _check_single_sequence(generate_kwargs)
+    K = ensemble.num_members
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    B = input_ids.shape[0]
+    processor = MixtureLogitsProcessor(K, temperature=temperature, seed=seed)
+    rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
+    out = ensemble.model.generate(**rep, max_new_tokens=max_new_tokens, do_sample=False,
+                                  logits_processor=LogitsProcessorList([processor]),
+                                  **generate_kwargs)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    sequences = sequences.view(K, B, -1)[0]                             # all K copies are equal
+    uncertainty = {}
+    if processor.steps:
+        uncertainty = {key: torch.stack([s[key] for s in processor.steps], dim=1)
+                       for key in ("total", "aleatoric", "epistemic", "logp")}
+    return MixtureOutput(sequences=sequences, uncertainty=uncertainty)
+
+
+@torch.no_grad()
+def generate_members(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
+    """Every member answers every prompt, in one batched ``generate`` of the K-repeated batch.
+
+    Returns:
+        ``[K, B, T + new]``: row ``[k, b]`` is member k's continuation of prompt b.
+    """
+    _check_single_sequence(generate_kwargs)
+    K = ensemble.num_members
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    B = input_ids.shape[0]
+    rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
+    out = ensemble.model.generate(**rep, **generate_kwargs)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    return sequences.view(K, B, -1)
+
+
+def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, float]:
+    """Most common non-None answer and its vote share (over all voters, None included).
+
+    Ties go to the answer seen first. ``(None, 0.0)`` when nobody answered.
+    """
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None, 0.0
+    answer, votes = counts.most_common(1)[0]
+    return answer, votes / len(answers)
+
+
+def _tokenize_prompts(tokenizer, prompts: Sequence[str], device) -> dict[str, torch.Tensor]:
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def _decode_new(tokenizer, sequences: torch.Tensor, prompt_len: int) -> list[str]:
+    return tokenizer.batch_decode(sequences[..., prompt_len:].reshape(-1, sequences.shape[-1] - prompt_len),
+                                  skip_special_tokens=True)
+
+
+def generate_texts(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str], mode: str = "mixture",
+                   max_new_tokens: int = 32, **generate_kwargs) -> list[str] | list[list[str]]:
+    """Text completions of ``prompts``.
+
+    Args:
+        mode: ``"mixture"`` -> one completion per prompt (list of B strings);
+            ``"members"`` -> every member's completion (K lists of B strings).
+    """
+    device = next(ensemble.model.parameters()).device
+    enc = _tokenize_prompts(tokenizer, prompts, device)
+    prompt_len = enc["input_ids"].shape[1]
+    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    if mode == "mixture":
+        out = mixture_generate(ensemble, **enc, max_new_tokens=max_new_tokens, **generate_kwargs)
+        return _decode_new(tokenizer, out.sequences, prompt_len)
+    if mode == "members":
+        generate_kwargs.setdefault("do_sample", False)
+        seqs = generate_members(ensemble, **enc, max_new_tokens=max_new_tokens, **generate_kwargs)
+        texts = _decode_new(tokenizer, seqs, prompt_len)
+        B = len(prompts)
+        return [texts[k * B:(k + 1) * B] for k in range(ensemble.num_members)]
+    raise ValueError(f"mode must be 'mixture' or 'members', got {mode!r}")
+
+
+def member_majority(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str],
+                    max_new_tokens: int = 32, **generate_kwargs) -> dict[str, list]:
+    """Each member answers; the final answers (``manyminds.tasks.extract_answer``) are voted on.
+
+    Returns:
+        dict with ``answers`` (K lists of B final answers), ``majority`` (B answers),
+        ``agreement`` (B vote shares) and ``texts`` (K lists of B completions).
+    """
+    from manyminds.tasks import extract_answer
+
+    texts = generate_texts(ensemble, tokenizer, prompts, mode="members",
+                           max_new_tokens=max_new_tokens, **generate_kwargs)
+    answers = [[extract_answer(t) for t in member] for member in texts]
+    votes = [majority_vote(column) for column in zip(*answers)]
+    return {"answers": answers, "majority": [v[0] for v in votes],
+            "agreement": [v[1] for v in votes], "texts": texts}
