@@ -1,0 +1,22 @@
+"""Population minds (B-Trans): Gaussian offsets on normalization outputs turn one causal LM
+into a population of addressable minds, run side by side in one batched forward.
+
+See :class:`Population` and ``docs/population.md``.
+"""
+
+from .noise import NOISE_KINDS, apply_noise, mind_noise_table, mind_seed, standard_noise
+from .norms import NormLayer, find_norm_layers
+from .population import Population, check_mind_ids, expand_mind_ids
+
+__all__ = [
+    "NOISE_KINDS",
+    "NormLayer",
+    "Population",
+    "apply_noise",
+    "check_mind_ids",
+    "expand_mind_ids",
+    "find_norm_layers",
+    "mind_noise_table",
+    "mind_seed",
+    "standard_noise",
+]

@@ -1,0 +1,95 @@
+"""Pure noise functions of population minds.
+
+A mind's offset on layer ``l`` is ``z = sigma_l * eps``, ``eps ~ N(0, I_H)`` drawn from a
+``torch.Generator`` seeded with a hash of ``(population seed, mind id, layer key)``. It never
+touches the global RNG, so generation, log-prob recomputation and gradient-checkpoint
+replays all see the same mind, and a mind's noise does not depend on which other minds
+share its batch. The same triple gives the same offsets on the same device type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["NOISE_KINDS", "apply_noise", "check_sigma", "mind_noise_table", "mind_seed", "standard_noise"]
+
+NOISE_KINDS = ("additive", "multiplicative")
+
+
+def mind_seed(seed: int, mind: int, layer: int) -> int:
+    """A 63-bit generator seed, a hash (BLAKE2b) of the triple ``(seed, mind, layer)``."""
+    digest = hashlib.blake2b(f"manyminds:{int(seed)}:{int(mind)}:{int(layer)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def standard_noise(seed: int, mind: int, layer: int, width: int,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``eps ~ N(0, I_width)`` of mind ``mind`` on layer ``layer``: float32 ``[width]`` on ``device``.
+
+    Pure: the same arguments give the same tensor (on the same device type); the global
+    RNG is neither read nor advanced.
+    """
+    if mind < 0:
+        raise ValueError(f"mind ids are >= 0 (-1 means the unperturbed model), got {mind}")
+    device = torch.device(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(mind_seed(seed, mind, layer))
+    return torch.randn(width, generator=gen, device=device, dtype=torch.float32)
+
+
+def mind_noise_table(seed: int, minds: Sequence[int], layer: int, width: int, sigma: float,
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Offsets of one layer for a batch of minds: ``[B, width]`` with row ``b`` equal to
+    ``sigma * standard_noise(seed, minds[b], layer, width)`` and zeros where ``minds[b] == -1``.
+
+    Each distinct mind is drawn once; the result is cast to ``dtype`` after scaling in float32.
+    """
+    device = torch.device(device)
+    unique = sorted({int(m) for m in minds if int(m) != -1}) if sigma != 0 else []
+    # table row 0 is the unperturbed model, row i + 1 is unique[i]: [U + 1, width]
+    table = torch.zeros(len(unique) + 1, width, device=device, dtype=torch.float32)
+    for i, m in enumerate(unique):
+        table[i + 1] = standard_noise(seed, m, layer, width, device) * float(sigma)
+    where = {m: i + 1 for i, m in enumerate(unique)}
+    index = torch.tensor([where.get(int(m), 0) for m in minds], device=device, dtype=torch.long)
+    return table[index].to(dtype)  # [B, width]
+
+
+def apply_noise(output: torch.Tensor, offset: torch.Tensor, noise: str = "additive") -> torch.Tensor:
+    """Perturb a norm's output with a per-row offset.
+
+    ``additive`` (B-Trans): ``y + z``. ``multiplicative`` (gain noise): ``y * (1 + z)``.
+
+    Args:
+        output: the norm's output ``[B, ..., H]``.
+        offset: ``z`` broadcastable to ``output``, e.g. ``[B, 1, H]``.
+    """
+    if noise == "additive":
+        return output + offset
+    if noise == "multiplicative":
+        return output * (1.0 + offset)
+    raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
+
+
+def check_sigma(sigma, num_layers: int) -> list[float]:
+    """Validate ``sigma`` (a float >= 0, or one finite value >= 0 per layer) -> list of per-layer sigmas."""
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.detach().cpu().reshape(-1).tolist() if sigma.dim() else float(sigma)
+    if isinstance(sigma, bool):
+        raise TypeError(f"sigma must be a float >= 0 or a sequence of floats, got {sigma!r}")
+    if isinstance(sigma, (int, float)):
+        values = [float(sigma)] * num_layers
+    elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
+        values = [float(s) for s in sigma]
+        if len(values) != num_layers:
+            raise ValueError(f"sigma has {len(values)} values but the population perturbs {num_layers} "
+                             "norm layers; pass one value per layer or a single float")
+    else:
+        raise TypeError(f"sigma must be a float >= 0 or a sequence of floats, got {type(sigma).__name__}")
+    for s in values:
+        if not (s >= 0 and s != float("inf")):
+            raise ValueError(f"sigma must be finite and >= 0, got {s}; the paper uses 0.02")
+    return values

@@ -1,0 +1,328 @@
+"""Population minds (B-Trans): one causal LM, many minds, one batched forward.
+
+A *mind* is one realization of Gaussian offsets on the outputs of the model's hidden-width
+normalization layers (``y = Norm(x) + z``, ``z ~ N(0, sigma^2 I_H)``), addressed by an
+integer id. :class:`Population` wraps a model without copying it; inside
+``with population.minds(ids):`` row ``b`` of every forward (and every ``generate``) runs
+mind ``ids[b]``; ``-1`` is the unperturbed model.
+
+Example:
+    >>> pop = Population(model, sigma=0.02, seed=0)
+    >>> with pop.minds([0, 1, 2, -1]):
+    ...     logits = model(input_ids).logits          # input_ids: [4, T]
+    >>> texts = pop.generate(["Q: 2+3\\nA:"], minds=8, tokenizer=tok, max_new_tokens=16)
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import nn
+
+from .noise import NOISE_KINDS, apply_noise, check_sigma, mind_noise_table, standard_noise
+from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
+
+__all__ = ["Population", "check_mind_ids", "expand_mind_ids"]
+
+# Norm modules currently hooked by some minds() context (guards against double perturbation).
+_ACTIVE_MODULES: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_mind_ids(ids) -> torch.Tensor:
+    """Validate mind ids -> a CPU ``LongTensor [B]``.
+
+    Accepts a list/tuple of ints or an integer tensor ``[B]``; ``-1`` is the unperturbed model.
+    """
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"mind ids must be integers, got a {ids.dtype} tensor")
+        if ids.dim() != 1:
+            raise ValueError(f"mind ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
+        out = ids.detach().to("cpu", torch.long)
+    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) and not (isinstance(i, torch.Tensor) and i.dim() == 0
+                                                                      and not i.dtype.is_floating_point):
+                raise TypeError(f"mind ids must be integers, got {i!r}")
+        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
+    else:
+        raise TypeError(f"mind ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
+    if out.numel() == 0:
+        raise ValueError("mind ids are empty; pass one id per batch row")
+    if bool((out < -1).any()):
+        raise ValueError(f"mind ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
+    return out
+
+
+def expand_mind_ids(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Ids for a batch of ``batch_size`` rows: ``ids`` itself, or each id repeated ``n`` times in a
+    row (``repeat_interleave``) when ``batch_size == n * len(ids)``, the way ``generate`` expands
+    rows for ``num_return_sequences`` and beams. Any other size raises ``ValueError``."""
+    n_ids = ids.shape[0]
+    if batch_size == n_ids:
+        return ids
+    if batch_size % n_ids == 0:
+        return ids.repeat_interleave(batch_size // n_ids, dim=0)
+    raise ValueError(f"the minds() context has {n_ids} mind ids but the model got a batch of {batch_size} "
+                     f"rows; pass one id per row (rows may only expand to a multiple n * {n_ids}, "
+                     "as with num_return_sequences)")
+
+
+class _ActiveMinds:
+    """Per-context state: per-layer offsets ``[B, W]`` and their row-expanded copies."""
+
+    def __init__(self, ids: torch.Tensor, offsets: list[torch.Tensor]):
+        self.ids = ids
+        self.offsets = offsets
+        self._expanded: dict[tuple, torch.Tensor] = {}
+
+    def offset_for(self, layer: int, output: torch.Tensor) -> torch.Tensor:
+        """The offset of ``layer`` shaped to broadcast over ``output`` ``[B', ..., W]``."""
+        rows, base = output.shape[0], self.offsets[layer]  # base: [B, W]
+        key = (layer, rows, output.dim(), output.dtype, output.device)
+        z = self._expanded.get(key)
+        if z is None:
+            if output.dim() < 2 or output.shape[-1] != base.shape[-1]:
+                raise ValueError(f"norm layer {layer} returned shape {tuple(output.shape)}; expected "
+                                 f"[batch, ..., {base.shape[-1]}]")
+            n_ids = base.shape[0]
+            expand_mind_ids(self.ids, rows)  # raises the clear error on a bad batch size
+            z = base if rows == n_ids else base.repeat_interleave(rows // n_ids, dim=0)
+            # [B', W] -> [B', 1, ..., 1, W] to broadcast over tokens (and heads)
+            z = z.view(rows, *([1] * (output.dim() - 2)), z.shape[-1]).to(output.device, output.dtype)
+            self._expanded[key] = z
+        return z
+
+
+class Population:
+    """A population of minds over one causal LM (B-Trans, arXiv 2512.25063).
+
+    Args:
+        model: any transformers causal LM, also wrapped (``PeftModel``, DDP, ``torch.compile``).
+            Its weights are neither copied nor changed; hooks exist only inside :meth:`minds`.
+        sigma: noise scale, a float >= 0 (the paper: 0.02) or one value per perturbed layer.
+        seed: population seed; a mind's offsets are a pure function of (seed, mind id, layer).
+        norms: ``"all"`` (block norms + final norm), ``"blocks"`` or ``"final"``.
+        noise: ``"additive"`` (the paper: ``y = Norm(x) + z``) or ``"multiplicative"``
+            (gain noise: ``y = Norm(x) * (1 + z)``).
+        include_qk_norms: also perturb per-head query/key norms (Qwen3); off by default.
+        tokenizer: default tokenizer for :meth:`generate`.
+
+    Attributes:
+        layers: the perturbed :class:`NormLayer` s, in forward order.
+        sigmas: per-layer noise scales.
+    """
+
+    def __init__(self, model: nn.Module, sigma: float | Sequence[float] = 0.02, seed: int = 0,
+                 norms: str = "all", noise: str = "additive", include_qk_norms: bool = False,
+                 tokenizer=None):
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.model = model
+        self.seed = seed
+        self.norms = norms
+        self.noise = noise
+        self.include_qk_norms = include_qk_norms
+        self.tokenizer = tokenizer
+        self.layers: list[NormLayer] = find_norm_layers(model, norms=norms, include_qk_norms=include_qk_norms)
+        self.sigmas: list[float] = check_sigma(sigma, len(self.layers))
+        self.hidden_size: int = hidden_size_of(model)
+        self._active: _ActiveMinds | None = None
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def num_layers(self) -> int:
+        """Number of perturbed normalization layers."""
+        return len(self.layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Module paths of the perturbed layers, in forward order."""
+        return [layer.name for layer in self.layers]
+
+    @property
+    def sigma(self) -> float | list[float]:
+        """The noise scale: a float when all layers share it, else the per-layer list."""
+        return self.sigmas[0] if len(set(self.sigmas)) == 1 else list(self.sigmas)
+
+    @property
+    def active_ids(self) -> torch.Tensor | None:
+        """The mind ids of the active :meth:`minds` context, or ``None``."""
+        return None if self._active is None else self._active.ids
+
+    def __repr__(self) -> str:
+        model = type(unwrap_model(self.model)).__name__
+        return (f"Population({model}, sigma={self.sigma}, seed={self.seed}, norms={self.norms!r}, "
+                f"noise={self.noise!r}, layers={self.num_layers})")
+
+    @staticmethod
+    def _placement(layer: NormLayer, fallback: nn.Module) -> tuple[torch.device, torch.dtype]:
+        for tensor in (*layer.module.parameters(recurse=False), *layer.module.buffers(recurse=False)):
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
+        param = next((p for p in fallback.parameters() if p.is_floating_point()), None)
+        if param is None:
+            return torch.device("cpu"), torch.float32
+        return param.device, param.dtype
+
+    def offsets(self, mind: int, layer: int) -> torch.Tensor:
+        """The offset ``z`` of ``mind`` on perturbed layer ``layer`` (index into :attr:`layers`):
+        ``[W]`` in the norm's dtype, on its device. ``mind == -1`` gives zeros."""
+        if isinstance(mind, bool) or not isinstance(mind, int) or mind < -1:
+            raise ValueError(f"mind must be an int >= 0 (or -1 for the unperturbed model), got {mind!r}")
+        if not -self.num_layers <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range: the population perturbs {self.num_layers} layers")
+        return self._layer_offsets(layer, torch.tensor([mind]))[0]
+
+    def noise_vector(self, mind: int, layer: int) -> torch.Tensor:
+        """Unscaled ``eps ~ N(0, I_W)`` of ``mind`` on layer ``layer``: float32 ``[W]``."""
+        spec = self.layers[layer]
+        device, _ = self._placement(spec, self.model)
+        return standard_noise(self.seed, mind, spec.key, spec.width, device)
+
+    def _layer_offsets(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
+        spec = self.layers[layer]
+        device, dtype = self._placement(spec, self.model)
+        return mind_noise_table(self.seed, ids.tolist(), spec.key, spec.width, self.sigmas[layer],
+                                device=device, dtype=dtype)  # [B, W]
+
+    # ------------------------------------------------------------------ the minds context
+
+    def _hook(self, layer: int, module: nn.Module, args, output):
+        state = self._active
+        if state is None:  # a stale handle cannot survive minds(), but be safe
+            return output
+        if isinstance(output, tuple):
+            y = output[0]
+            return (apply_noise(y, state.offset_for(layer, y), self.noise), *output[1:])
+        return apply_noise(output, state.offset_for(layer, output), self.noise)
+
+    @contextmanager
+    def minds(self, ids):
+        """Run row ``b`` of every forward of the wrapped model as mind ``ids[b]``.
+
+        Offsets are computed once on entry (per layer ``[B, W]``, in the norm's dtype) and
+        added by forward hooks, so every decode step of ``generate`` sees the same mind and
+        the KV cache stays consistent. A forward with ``n * B`` rows repeats each id ``n``
+        times (``num_return_sequences``, beams). Gradients flow through the hooked forward
+        (offsets are constants). Hooks are removed on exit, also after an exception.
+
+        With gradient checkpointing, call ``backward`` inside the context: the recomputed
+        forward then sees the same mind.
+
+        Args:
+            ids: ``list[int]`` or ``LongTensor [B]``; ``-1`` runs the unperturbed model.
+
+        Yields:
+            the population.
+        """
+        ids = check_mind_ids(ids)
+        if self._active is not None:
+            raise RuntimeError("this population already has an active minds() context; nesting is not "
+                               "supported: exit it first, or pass all ids to one context")
+        busy = [layer.name for layer in self.layers if layer.module in _ACTIVE_MODULES]
+        if busy:
+            raise RuntimeError(f"another population's minds() context is active on this model "
+                               f"({busy[0]}); exit it first so offsets are not applied twice")
+        offsets = [self._layer_offsets(i, ids) for i in range(self.num_layers)]
+        handles = []
+        try:
+            self._active = _ActiveMinds(ids, offsets)
+            for i, layer in enumerate(self.layers):
+                handles.append(layer.module.register_forward_hook(partial(self._hook, i)))
+                _ACTIVE_MODULES.add(layer.module)
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer in self.layers:
+                _ACTIVE_MODULES.discard(layer.module)
+            self._active = None
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompts, minds: int | Sequence[int] | torch.Tensor | None = None, tokenizer=None,
+                 return_minds: bool = False, **generate_kwargs):
+        """Generate with one mind per row.
+
+        Two forms:
+
+        - text: ``prompts`` is a string or a list of strings; a tokenizer (argument or the
+          population's) encodes them with left padding. Rows are built from ``minds``:
+
+          * ``int n``: every prompt is answered by minds ``0 .. n-1`` (prompt-major rows);
+          * a list with one id per prompt: paired;
+          * a list of ids with a single prompt: that prompt once per id;
+          * ``None``: one row per prompt with mind ``-1`` (the plain model).
+
+          Returns the decoded completions (new tokens only), one per generated row
+          (``num_return_sequences`` rows per input row, consecutive); with
+          ``return_minds=True`` also the mind id of each returned row.
+        - tensors: ``prompts`` is an ``input_ids`` tensor ``[B, T]`` or a mapping with
+          ``input_ids`` (and ``attention_mask``); ``minds`` gives one id per row. Returns what
+          ``model.generate`` returns.
+
+        ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``,
+        ``temperature``, ``num_return_sequences``, ...).
+        """
+        if isinstance(prompts, torch.Tensor) or hasattr(prompts, "keys"):
+            inputs = {"input_ids": prompts} if isinstance(prompts, torch.Tensor) else dict(prompts)
+            rows = inputs["input_ids"].shape[0]
+            ids = check_mind_ids([-1] * rows if minds is None else
+                                 (list(range(minds)) if isinstance(minds, int) else minds))
+            if ids.shape[0] != rows:
+                raise ValueError(f"got {ids.shape[0]} mind ids for {rows} input rows; pass one id per row")
+            with self.minds(ids), torch.no_grad():
+                return self.model.generate(**inputs, **generate_kwargs)
+
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("Population.generate needs a tokenizer for text prompts: pass tokenizer=... "
+                             "(or Population(..., tokenizer=tok)), or pass input_ids")
+        texts, ids = self._rows(prompts, minds)
+        old_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"  # decoder-only models continue from the last position
+        try:
+            enc = tokenizer(texts, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = old_side
+        device = next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        if tokenizer.pad_token_id is None and "pad_token_id" not in generate_kwargs:
+            generate_kwargs["pad_token_id"] = tokenizer.eos_token_id
+        with self.minds(ids), torch.no_grad():
+            out = self.model.generate(**enc, **generate_kwargs)
+        new_tokens = out[:, enc["input_ids"].shape[1]:]  # [B * num_return_sequences, new]
+        completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        if return_minds:
+            return completions, expand_mind_ids(ids, len(completions)).tolist()
+        return completions
+
+    @staticmethod
+    def _rows(prompts, minds) -> tuple[list[str], torch.Tensor]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a string or a non-empty list of strings")
+        if minds is None:
+            return prompts, check_mind_ids([-1] * len(prompts))
+        if isinstance(minds, int) and not isinstance(minds, bool):
+            if minds < 1:
+                raise ValueError(f"minds={minds}: pass a positive number of minds or a list of ids")
+            texts = [p for p in prompts for _ in range(minds)]
+            return texts, check_mind_ids(list(range(minds)) * len(prompts))
+        ids = check_mind_ids(minds)
+        if len(prompts) == 1:
+            return prompts * ids.shape[0], ids
+        if ids.shape[0] != len(prompts):
+            raise ValueError(f"got {ids.shape[0]} mind ids for {len(prompts)} prompts; pass one id per "
+                             "prompt, an int (every prompt x that many minds), or a single prompt")
+        return prompts, ids
