@@ -95,7 +95,7 @@ def match_target_modules(model: nn.Module, target_modules: str | Sequence[str]) 
             continue
         if not isinstance(module, kinds):
             # a container such as "self_attn" matched by suffix: PEFT skips those silently, we say so
-            raise ValueError(
+            raise TypeError(
                 f"target module {name!r} is a {type(module).__name__}, not nn.Linear or Conv1D; "
                 f"choose from: {', '.join(linear_module_names(model))}")
         names.append(name)
@@ -493,9 +493,9 @@ class EnsembleLoRA(nn.Module):
             meta.pop("target_names", None)
         else:
             target = adapter["target_modules"]
-            meta = dict(num_members=found_k, r=found_r, lora_alpha=adapter["lora_alpha"],
-                        lora_dropout=adapter.get("lora_dropout", 0.0),
-                        target_modules=target if isinstance(target, str) else list(target))
+            meta = {"num_members": found_k, "r": found_r, "lora_alpha": adapter["lora_alpha"],
+                        "lora_dropout": adapter.get("lora_dropout", 0.0),
+                        "target_modules": target if isinstance(target, str) else list(target)}
         ensemble = cls(model, **meta)
         ensemble.load_members(directory)
         return ensemble

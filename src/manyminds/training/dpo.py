@@ -1,0 +1,137 @@
+"""alpha-Renyi DPO of a K-member LoRA ensemble: a thin ``transformers.Trainer`` subclass.
+
+Per batch: the reference log-probs ``log pi_ref(y_w), log pi_ref(y_l)`` come from the base with the
+adapters off (one forward pass of the 2B chosen+rejected rows, shared by all members); the
+policy log-probs of all K members come from one forward pass of the K-repeated batch. The loss is
+:func:`manyminds.ensemble.renyi_dpo_loss` (per-member Bradley-Terry likelihood) plus the prior.
+
+Dataset columns (TRL conventions): ``prompt``, ``chosen``, ``rejected`` (strings or conversations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from manyminds.ensemble.objectives import renyi_dpo_loss
+
+from .common import (
+    EnsembleArguments,
+    EnsembleTrainerMixin,
+    _as_text,
+    build_ensemble,
+    encode_pair,
+    pad_rows,
+    require_columns,
+    sequence_token_logps,
+)
+
+
+@dataclass
+class RenyiDPOConfig(EnsembleArguments, TrainingArguments):
+    """``TrainingArguments`` plus the ensemble settings and DPO's ``beta``.
+
+    Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``,
+    ``remove_unused_columns=False``, ``report_to="none"``.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (> 0)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "External loggers."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_ensemble_arguments()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.routing != "sequence":
+            raise ValueError("DPO routes whole preference pairs: routing must be 'sequence'")
+
+
+def prepare_dpo_dataset(dataset, tokenizer, max_length: int | None):
+    """Tokenize prompt/chosen/rejected to ``chosen_ids``, ``chosen_mask``, ``rejected_ids``, ``rejected_mask``."""
+    if {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+        return dataset
+    require_columns(dataset, ["prompt", "chosen", "rejected"], "DPO needs prompt, chosen, rejected")
+
+    def fn(row):
+        prompt = _as_text(tokenizer, row["prompt"], prompt=True)
+        out = {}
+        for key in ("chosen", "rejected"):
+            response = row[key]
+            if not isinstance(response, str):
+                response = _as_text(tokenizer, row["prompt"] + response, prompt=False)[len(prompt):]
+            enc = encode_pair(tokenizer, prompt, response, max_length)
+            out[f"{key}_ids"], out[f"{key}_mask"] = enc["input_ids"], enc["completion_mask"]
+        return out
+
+    return dataset.map(fn, desc="tokenizing")
+
+
+class DPOCollator:
+    """Stacks chosen then rejected rows: ``input_ids``, ``attention_mask``, ``completion_mask`` ``[2B, T]``."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+        masks = [r["chosen_mask"] for r in rows] + [r["rejected_mask"] for r in rows]
+        return {"input_ids": pad_rows(ids, self.pad_token_id),
+                "attention_mask": pad_rows([[1] * len(i) for i in ids], 0),
+                "completion_mask": pad_rows(masks, 0)}
+
+
+class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
+    """alpha-Renyi DPO: reference = the base with adapters disabled, computed once per batch.
+
+    Logged per step besides the parent's metrics and those of :class:`RenyiSFTTrainer`
+    (``member_{k}/nll`` is the member's Bradley-Terry NLL here): ``rewards/margin`` (mean over
+    members), ``rewards/accuracy`` (share of member-pair with a positive margin).
+    """
+
+    def __init__(self, model, args: RenyiDPOConfig, train_dataset=None, eval_dataset=None,
+                 processing_class=None, **kwargs):
+        if processing_class is None:
+            raise ValueError("RenyiDPOTrainer needs processing_class=<tokenizer>")
+        self.ensemble = build_ensemble(model, args)
+        if train_dataset is not None:
+            train_dataset = prepare_dpo_dataset(train_dataset, processing_class, args.max_length)
+        if eval_dataset is not None:
+            eval_dataset = prepare_dpo_dataset(eval_dataset, processing_class, args.max_length)
+        pad = processing_class.pad_token_id
+        pad = processing_class.eos_token_id if pad is None else pad
+        kwargs.setdefault("data_collator", DPOCollator(pad))
+        super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self._init_metrics()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        K = self.ensemble.num_members
+        ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        N = ids.shape[0]                     # 2B: chosen rows then rejected rows
+        B = N // 2
+        mask = comp[:, 1:].float()           # [2B, T-1]
+        with torch.no_grad(), self.ensemble.disabled():
+            ref = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            ref_logps = (sequence_token_logps(ref, ids) * mask).sum(-1)            # [2B]
+        outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1), use_cache=False)
+        logps = (sequence_token_logps(outputs.logits, ids.repeat(K, 1)).view(K, N, -1)
+                 * mask).sum(-1)                                                   # [K, 2B]
+        chosen, rejected = logps[:, :B], logps[:, B:]                              # [K, B] each
+        loss, w = renyi_dpo_loss(chosen, rejected, ref_logps[:B], ref_logps[B:],
+                                 beta=self.args.beta, alpha=self.args.alpha)
+        prior = self._prior()
+        loss = loss + prior
+        with torch.no_grad():
+            margin = self.args.beta * ((chosen - ref_logps[:B]) - (rejected - ref_logps[B:]))  # [K, B]
+            bt_nll = torch.nn.functional.softplus(-margin).mean(1)                 # [K]
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["rewards/margin"].append(margin.mean().item())
+            self._metrics[mode]["rewards/accuracy"].append((margin > 0).float().mean().item())
+        self._record_routing(w, bt_nll, prior.detach())
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,139 @@
+"""alpha-Renyi SFT of a K-member LoRA ensemble: a thin ``transformers.Trainer`` subclass.
+
+Each batch is repeated K times member-major and run in one forward pass; the members'
+completion log-likelihoods ``logp [K, B]`` (or per token ``[K, B, T]`` with token routing) go to
+:func:`manyminds.ensemble.renyi_loss`, plus the Gaussian prior on the LoRA parameters.
+
+Dataset columns (TRL conventions): ``prompt`` + ``completion`` (strings or conversations),
+``text`` (language modelling on the whole text), or ``messages`` (the last message is the
+completion; needs a chat template). Extra columns are kept on the dataset but not collated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from manyminds.ensemble.objectives import renyi_loss
+
+from .common import (
+    EnsembleArguments,
+    EnsembleTrainerMixin,
+    _as_text,
+    build_ensemble,
+    encode_pair,
+    pad_rows,
+    require_columns,
+    sequence_token_logps,
+)
+
+
+@dataclass
+class RenyiSFTConfig(EnsembleArguments, TrainingArguments):
+    """``TrainingArguments`` plus the ensemble settings (:class:`EnsembleArguments`).
+
+    Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``,
+    ``remove_unused_columns=False`` (the collator needs the tokenized columns), ``report_to="none"``.
+    """
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "External loggers."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_ensemble_arguments()
+
+
+def prepare_sft_dataset(dataset, tokenizer, max_length: int | None):
+    """Tokenize a TRL-format SFT dataset to ``input_ids`` and ``completion_mask`` columns."""
+    cols = dataset.column_names
+    if "input_ids" in cols and "completion_mask" in cols:
+        return dataset
+    if "messages" in cols and "prompt" not in cols:
+        def fn(row):
+            messages = row["messages"]
+            prompt = _as_text(tokenizer, messages[:-1], prompt=True) if len(messages) > 1 else ""
+            full = _as_text(tokenizer, messages, prompt=False)
+            return encode_pair(tokenizer, prompt, full[len(prompt):], max_length)
+    elif "text" in cols and "prompt" not in cols:
+        def fn(row):
+            return encode_pair(tokenizer, "", row["text"], max_length)
+    else:
+        require_columns(dataset, ["prompt", "completion"],
+                        "SFT needs prompt+completion, text, or messages")
+
+        def fn(row):
+            prompt = _as_text(tokenizer, row["prompt"], prompt=True)
+            completion = row["completion"]
+            if not isinstance(completion, str):
+                full = _as_text(tokenizer, row["prompt"] + completion, prompt=False)
+                completion = full[len(prompt):]
+            return encode_pair(tokenizer, prompt, completion, max_length)
+    return dataset.map(fn, desc="tokenizing")
+
+
+class SFTCollator:
+    """Right-pads ``input_ids`` / ``completion_mask`` and builds ``attention_mask``: ``[B, T]`` each."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [r["input_ids"] for r in rows]
+        return {"input_ids": pad_rows(ids, self.pad_token_id),
+                "attention_mask": pad_rows([[1] * len(i) for i in ids], 0),
+                "completion_mask": pad_rows([r["completion_mask"] for r in rows], 0)}
+
+
+class RenyiSFTTrainer(EnsembleTrainerMixin, Trainer):
+    """alpha-Renyi SFT: K LoRA members on a frozen base, one batched forward pass per step.
+
+    Args:
+        model: a causal LM (wrapped in an :class:`EnsembleLoRA` built from ``args``) or an
+            existing ``EnsembleLoRA``.
+        args: :class:`RenyiSFTConfig`.
+        train_dataset, eval_dataset: TRL-format datasets (see module docstring).
+        processing_class: the tokenizer.
+
+    Logged per step besides the parent's metrics: ``loss``, ``member_{k}/nll`` (per completion
+    token), ``responsibility_entropy``, ``effective_members``, ``member_{k}/responsibility`` and
+    ``member_{k}/route_share`` (fraction of examples whose largest responsibility is member k).
+    """
+
+    def __init__(self, model, args: RenyiSFTConfig, train_dataset=None, eval_dataset=None,
+                 processing_class=None, **kwargs):
+        if processing_class is None:
+            raise ValueError("RenyiSFTTrainer needs processing_class=<tokenizer>")
+        self.ensemble = build_ensemble(model, args)
+        if train_dataset is not None:
+            train_dataset = prepare_sft_dataset(train_dataset, processing_class, args.max_length)
+        if eval_dataset is not None:
+            eval_dataset = prepare_sft_dataset(eval_dataset, processing_class, args.max_length)
+        pad = processing_class.pad_token_id
+        pad = processing_class.eos_token_id if pad is None else pad
+        kwargs.setdefault("data_collator", SFTCollator(pad))
+        super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for GA
+        self._init_metrics()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        K = self.ensemble.num_members
+        ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        B, T = ids.shape
+        outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1), use_cache=False)
+        token_logps = sequence_token_logps(outputs.logits, ids.repeat(K, 1))   # [K*B, T-1]
+        mask = comp[:, 1:].to(token_logps.dtype)                               # [B, T-1]
+        token_logps = token_logps.view(K, B, T - 1) * mask                     # [K, B, T-1]
+        if self.args.routing == "token":
+            loss, w = renyi_loss(token_logps, self.args.alpha, mask=mask)
+        else:
+            loss, w = renyi_loss(token_logps.sum(-1), self.args.alpha)
+        prior = self._prior()
+        loss = loss + prior
+        n_tokens = mask.sum().clamp_min(1.0)
+        self._record_routing(w, -token_logps.detach().sum((1, 2)) / n_tokens, prior.detach())
+        return (loss, outputs) if return_outputs else loss
