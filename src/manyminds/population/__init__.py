@@ -4,6 +4,7 @@ into a population of addressable minds, run side by side in one batched forward.
 See :class:`Population` and ``docs/population.md``.
 """
 
+from .decisions import VoteResult, best_of_minds, generate_grid, population_vote, select_minds
 from .noise import NOISE_KINDS, apply_noise, mind_noise_table, mind_seed, standard_noise
 from .norms import NormLayer, find_norm_layers
 from .population import Population, check_mind_ids, expand_mind_ids
@@ -12,11 +13,16 @@ __all__ = [
     "NOISE_KINDS",
     "NormLayer",
     "Population",
+    "VoteResult",
     "apply_noise",
+    "best_of_minds",
     "check_mind_ids",
     "expand_mind_ids",
     "find_norm_layers",
+    "generate_grid",
     "mind_noise_table",
     "mind_seed",
+    "population_vote",
+    "select_minds",
     "standard_noise",
 ]

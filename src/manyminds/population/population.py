@@ -305,6 +305,26 @@ class Population:
             return completions, expand_mind_ids(ids, len(completions)).tolist()
         return completions
 
+    # ------------------------------------------------------------------ decisions
+
+    def vote(self, prompts, minds: int | Sequence[int] = 8, **kwargs):
+        """Majority vote across minds per prompt: :func:`~manyminds.population.decisions.population_vote`."""
+        from .decisions import population_vote
+
+        return population_vote(self, prompts, minds, **kwargs)
+
+    def best_of(self, prompts, reward, minds: int | Sequence[int] = 8, **kwargs):
+        """Best completion by ``reward`` across minds: :func:`~manyminds.population.decisions.best_of_minds`."""
+        from .decisions import best_of_minds
+
+        return best_of_minds(self, prompts, reward, minds, **kwargs)
+
+    def select_minds(self, dataset, reward, n: int = 4, **kwargs):
+        """Best ``n`` candidate minds on a dev set: :func:`~manyminds.population.decisions.select_minds`."""
+        from .decisions import select_minds
+
+        return select_minds(self, dataset, reward, n, **kwargs)
+
     @staticmethod
     def _rows(prompts, minds) -> tuple[list[str], torch.Tensor]:
         if isinstance(prompts, str):
