@@ -1,0 +1,162 @@
+"""Reward functions with TRL's signature ``(prompts, completions, **kwargs) -> list[float]``.
+
+Every function accepts plain-text completions (``["... #### 41", ...]``) and conversational
+ones (``[[{"role": "assistant", "content": "... #### 41"}], ...]``). Functions that need the
+ground truth read the dataset's ``answer`` column (TRL passes every extra column as a keyword
+argument) and carry ``requires_answer = True`` so that trainers can refuse a dataset without
+that column before training starts (:func:`check_reward_columns`).
+
+Example:
+    >>> answer_reward(["Q: 1+2\\nA:"], [" 1+2=3\\n#### 3"], answer=["3"])
+    [1.0]
+    >>> format_reward(["Q: 1+2\\nA:"], [" it is three"])
+    [0.0]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from manyminds.tasks import extract_answer, verify_answer
+
+ANSWER_COLUMN = "answer"
+
+# One final "#### <answer>" line and nothing after it but whitespace.
+_FORMAT = re.compile(r"####[ \t]*\S[^\n]*\s*\Z")
+
+
+def completion_text(completion: Any) -> str:
+    """Text of one completion: a string, or the concatenated ``content`` of a message list.
+
+    Conversational completions are lists of ``{"role", "content"}`` messages (TRL); content may be
+    a string or a list of typed blocks (``{"type": "text", "text": ...}``).
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        parts = []
+        for message in completion:
+            content = message.get("content", "") if isinstance(message, dict) else message
+            if isinstance(content, list):
+                content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
+            parts.append(str(content or ""))
+        return "".join(parts)
+    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def completion_texts(completions: Sequence[Any]) -> list[str]:
+    """:func:`completion_text` of each completion."""
+    return [completion_text(c) for c in completions]
+
+
+def _answers(kwargs: dict, n: int, name: str) -> list:
+    answers = kwargs.get(ANSWER_COLUMN)
+    if answers is None:
+        raise ValueError(f"{name} needs an '{ANSWER_COLUMN}' column in the dataset (the ground-truth final "
+                         f"answer); add one, or use a label-free reward such as majority_vote_reward")
+    if len(answers) != n:
+        raise ValueError(f"{name}: got {n} completions but {len(answers)} answers")
+    return list(answers)
+
+
+def answer_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 when the completion's final ``#### <answer>`` equals the row's ``answer``, else 0.0.
+
+    The same code as the ``arith`` verifier (:func:`manyminds.tasks.verify_answer`): both sides
+    are normalized (``"1,000.0" == "1000"``); a completion without ``####`` scores 0.
+    """
+    answers = _answers(kwargs, len(completions), "answer_reward")
+    return [verify_answer(completion_text(c), str(a)) for c, a in zip(completions, answers)]
+
+
+answer_reward.requires_answer = True
+
+
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("math_verify_reward needs the math-verify package: pip install 'manyminds[math]' "
+                          "(or pip install math-verify)") from err
+    return math_verify
+
+
+def math_verify_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 when math-verify judges the completion's answer equal to the row's ``answer`` (LaTeX aware).
+
+    The gold ``answer`` is parsed as LaTeX or a plain expression (``"\\frac{1}{2}"``, ``"0.5"``); the
+    completion is parsed from its ``####`` line when there is one, else from the whole text (so a
+    ``\\boxed{...}`` answer works). Needs the ``math`` extra (``math-verify``).
+    """
+    mv = _math_verify()
+    answers = _answers(kwargs, len(completions), "math_verify_reward")
+    rewards = []
+    for completion, answer in zip(completions, answers):
+        text = completion_text(completion)
+        final = extract_answer(text)
+        gold = mv.parse(_as_math(str(answer)))
+        pred = mv.parse(_as_math(final) if final is not None else text)
+        rewards.append(float(bool(gold) and bool(pred) and mv.verify(gold, pred)))
+    return rewards
+
+
+math_verify_reward.requires_answer = True
+
+
+def _as_math(s: str) -> str:
+    """Wrap a bare answer in ``$...$`` so math-verify's LaTeX extractor sees it."""
+    s = s.strip()
+    return s if ("$" in s or "\\boxed" in s) else f"${s}$"
+
+
+def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 when the completion ends with exactly one non-empty ``#### <answer>`` line, else 0.0."""
+    out = []
+    for c in completions:
+        text = completion_text(c)
+        out.append(float(text.count("####") == 1 and _FORMAT.search(text) is not None))
+    return out
+
+
+format_reward.requires_answer = False
+
+# name -> reward function, for the CLI and configs.
+REWARDS: dict[str, Callable[..., list[float]]] = {
+    "answer": answer_reward,
+    "math_verify": math_verify_reward,
+    "format": format_reward,
+}
+
+
+def get_reward(name: str) -> Callable[..., list[float]]:
+    """Reward function by name (``"answer"``, ``"math_verify"``, ``"format"``, ``"majority_vote"``)."""
+    if name == "majority_vote":
+        from manyminds.rl.label_free import majority_vote_reward
+
+        return majority_vote_reward
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose from: {', '.join([*REWARDS, 'majority_vote'])}")
+    return REWARDS[name]
+
+
+def requires_answer(func: Callable) -> bool:
+    """Whether a reward function reads the ``answer`` column (its ``requires_answer`` attribute)."""
+    return bool(getattr(func, "requires_answer", False))
+
+
+def check_reward_columns(reward_funcs: Sequence[Callable], column_names: Sequence[str] | None) -> None:
+    """Raise a clear ``ValueError`` when a label-requiring reward meets a dataset without ``answer``.
+
+    ``column_names`` of ``None`` (an iterable dataset of unknown schema) skips the check.
+    """
+    if column_names is None:
+        return
+    for func in reward_funcs:
+        if requires_answer(func) and ANSWER_COLUMN not in column_names:
+            name = getattr(func, "__name__", type(func).__name__)
+            raise ValueError(f"reward {name} needs an '{ANSWER_COLUMN}' column but the dataset has only "
+                             f"{list(column_names)}; add the column or use label_free=True (majority vote)")

@@ -1,0 +1,56 @@
+"""Fixtures of the population-RL tests: a tiny char-level Qwen2 model and a small arith dataset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from manyminds.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.models import random_model
+from manyminds.tasks import load_task
+
+
+def varied_reward(prompts, completions, **kwargs):
+    """A reward that differs between almost any two random completions: a hash of the text in [0, 1]."""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [(sum(ord(ch) * (i + 1) for i, ch in enumerate(t)) % 101) / 100 for t in texts]
+
+
+@pytest.fixture
+def char_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture
+def make_model(char_tokenizer):
+    """Factory of identical tiny random Qwen2 models with the char tokenizer's special ids."""
+    tok = char_tokenizer
+
+    def make(seed: int = 0):
+        return random_model("qwen2", vocab_size=VOCAB_SIZE, seed=seed, pad_token_id=tok.pad_token_id,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return make
+
+
+@pytest.fixture
+def arith_ds():
+    return load_task("arith", split="train", n=8, seed=0)
+
+
+def _grpo_kwargs(tmp_path, **over):
+    """Tiny, fast GRPO settings: 2 optimizer steps of 4 rollouts, 8 completion tokens."""
+    kw = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4,
+              "max_completion_length": 8, "max_steps": 2, "learning_rate": 0.1, "logging_steps": 1, "report_to": "none",
+              "save_strategy": "no", "use_cpu": True, "seed": 0, "mind_sigma": 0.5}
+    kw.update(over)
+    return kw
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture
+def rl_helpers():
+    """(grpo_kwargs, snapshot, varied_reward) helpers for the tests of this folder."""
+    return _grpo_kwargs, _snapshot, varied_reward
