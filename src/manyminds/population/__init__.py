@@ -5,12 +5,14 @@ See :class:`Population` and ``docs/population.md``.
 """
 
 from .decisions import VoteResult, best_of_minds, generate_grid, population_vote, select_minds
+from .export import MindExportError, export_mind, fold_mind
 from .noise import NOISE_KINDS, apply_noise, mind_noise_table, mind_seed, standard_noise
 from .norms import NormLayer, find_norm_layers
 from .population import Population, check_mind_ids, expand_mind_ids
 
 __all__ = [
     "NOISE_KINDS",
+    "MindExportError",
     "NormLayer",
     "Population",
     "VoteResult",
@@ -18,7 +20,9 @@ __all__ = [
     "best_of_minds",
     "check_mind_ids",
     "expand_mind_ids",
+    "export_mind",
     "find_norm_layers",
+    "fold_mind",
     "generate_grid",
     "mind_noise_table",
     "mind_seed",
