@@ -117,7 +117,7 @@ def test_dpo_against_reference_and_k1():
     rc, rr = (-torch.rand(4, generator=g, dtype=torch.float64) * 20 for _ in range(2))
     beta, alpha = 0.5, 0.8
     x_c, x_r = pc.clone().requires_grad_(True), pr.clone().requires_grad_(True)
-    loss, w = renyi_dpo_loss(x_c, x_r, rc, rr, beta=beta, alpha=alpha)
+    loss, _w = renyi_dpo_loss(x_c, x_r, rc, rr, beta=beta, alpha=alpha)
     loss.backward()
     y_c, y_r = pc.clone().requires_grad_(True), pr.clone().requires_grad_(True)
     bt = torch.log(torch.sigmoid(beta * ((y_c - rc) - (y_r - rr))))

@@ -1,0 +1,160 @@
+import copy
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from manyminds.tasks import load_task
+from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig, RenyiSFTTrainer
+from manyminds.training.common import STAGING_DIR, last_checkpoint
+
+
+def _sft_args(tmp_path, **kw):
+    base = {"output_dir": str(tmp_path), "num_members": 2, "r": 4, "alpha": 0.8, "max_steps": 3,
+                "per_device_train_batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1,
+                "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, "seed": 0}
+    base.update(kw)
+    return RenyiSFTConfig(**base)
+
+
+def _lora_state(trainer):
+    return {n: p.detach().clone() for n, p in trainer.ensemble.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("routing", ["sequence", "token"])
+def test_sft_high_lr_changes_every_member_param(char_qwen2, char_tokenizer, tmp_path, routing):
+    base = {n: p.detach().clone() for n, p in char_qwen2.named_parameters()}
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, routing=routing),
+                              train_dataset=load_task("conflict", n=16), processing_class=char_tokenizer)
+    before = _lora_state(trainer)
+    trainer.train()
+    after = _lora_state(trainer)
+    for name, value in before.items():
+        # every member's slice of every tensor moved
+        changed = (after[name] - value).flatten(1).abs().amax(1) > 0
+        assert changed.all(), name
+    for name, p in char_qwen2.named_parameters():
+        assert torch.equal(p, base[name]), name
+    logs = trainer.state.log_history[0]
+    for key in ("loss", "grad_norm", "learning_rate", "responsibility_entropy", "effective_members",
+                "member_0/nll", "member_1/nll", "member_0/route_share", "member_1/responsibility"):
+        assert key in logs, key
+    assert 1.0 <= logs["effective_members"] <= 2.0
+
+
+def test_sft_loss_decreases(char_qwen2, char_tokenizer, tmp_path):
+    data = load_task("conflict", n=8)
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, max_steps=20, learning_rate=3e-2,
+                                                    per_device_train_batch_size=8, lr_scheduler_type="constant",
+                                                    target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]),
+                              train_dataset=data, processing_class=char_tokenizer)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert sum(losses[-3:]) / 3 < 0.95 * sum(losses[:3]) / 3
+    assert losses[-1] < losses[0]
+
+
+class _Kill(TrainerCallback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def test_killed_run_resumes_with_nothing_lost(char_qwen2, char_tokenizer, tmp_path):
+    data = load_task("conflict", n=24)
+    kw = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "per_device_train_batch_size": 4}
+    full = RenyiSFTTrainer(copy.deepcopy(char_qwen2), _sft_args(tmp_path / "full", **kw),
+                           train_dataset=data, processing_class=char_tokenizer)
+    full.train()
+    killed = RenyiSFTTrainer(copy.deepcopy(char_qwen2), _sft_args(tmp_path / "run", **kw),
+                             train_dataset=data, processing_class=char_tokenizer, callbacks=[_Kill(4)])
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    ckpt = last_checkpoint(tmp_path / "run")
+    assert ckpt is not None and ckpt.endswith("checkpoint-3")
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "members"} <= set(os.listdir(ckpt))
+    assert os.path.exists(os.path.join(ckpt, "members", "member_1", "adapter_model.safetensors"))
+    resumed = RenyiSFTTrainer(copy.deepcopy(char_qwen2), _sft_args(tmp_path / "run", **kw),
+                              train_dataset=data, processing_class=char_tokenizer)
+    resumed.train(resume_from_checkpoint=ckpt)
+    a, b = _lora_state(full), _lora_state(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_is_atomic(char_qwen2, char_tokenizer, tmp_path, monkeypatch):
+    data = load_task("conflict", n=16)
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, max_steps=4, save_strategy="steps",
+                                                    save_steps=2),
+                              train_dataset=data, processing_class=char_tokenizer)
+    real = trainer.ensemble.save_members
+    calls = {"n": 0}
+
+    def flaky(directory):
+        calls["n"] += 1
+        if calls["n"] == 2:   # crash in the middle of writing the second checkpoint
+            real(directory)
+            raise OSError("disk full")
+        return real(directory)
+
+    monkeypatch.setattr(trainer.ensemble, "save_members", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.train()
+    names = os.listdir(tmp_path)
+    assert "checkpoint-2" in names and "checkpoint-4" not in names
+    assert last_checkpoint(tmp_path).endswith("checkpoint-2")
+    # the next save cleans up the half-written staging folder
+    monkeypatch.setattr(trainer.ensemble, "save_members", real)
+    trainer._save_checkpoint(trainer.model, None)
+    assert STAGING_DIR not in os.listdir(tmp_path)
+
+
+def test_dpo_reference_is_base_and_members_train(char_tokenizer, tmp_path):
+    from manyminds.charlm import VOCAB_SIZE
+    from manyminds.models import random_model
+
+    model = random_model("gpt2", vocab_size=VOCAB_SIZE)
+    args = RenyiDPOConfig(output_dir=str(tmp_path), num_members=2, r=4, max_steps=3, beta=0.5,
+                          per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1,
+                          save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = RenyiDPOTrainer(model, args, train_dataset=load_task("prefs", n=12),
+                              processing_class=char_tokenizer)
+    before = _lora_state(trainer)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    # members start as the base, so the policy equals the reference: margin 0, loss log 2
+    assert first["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
+    assert first["member_0/nll"] == pytest.approx(0.693147, abs=1e-5)
+    after = _lora_state(trainer)
+    assert all((after[n] - before[n]).flatten(1).abs().amax(1).gt(0).all() for n in before)
+
+
+def test_missing_columns_are_named(char_qwen2, char_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="missing column 'completion'"):
+        RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path), processing_class=char_tokenizer,
+                        train_dataset=Dataset.from_dict({"prompt": ["a"], "answer": ["b"]}))
+    args = RenyiDPOConfig(output_dir=str(tmp_path), use_cpu=True, num_members=2)
+    with pytest.raises(ValueError, match="missing column 'rejected'"):
+        RenyiDPOTrainer(char_qwen2, args, processing_class=char_tokenizer,
+                        train_dataset=Dataset.from_dict({"prompt": ["a"], "chosen": ["b"]}))
+
+
+def test_text_column_is_accepted(char_qwen2, char_tokenizer, tmp_path):
+    data = Dataset.from_dict({"text": ["Q: 1+1\nA: 2", "Q: 2+2\nA: 4"]})
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, max_steps=1), train_dataset=data,
+                              processing_class=char_tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [({"alpha": 1.5}, "alpha"), ({"num_members": 0}, "num_members"),
+                                             ({"r": 0}, "rank"), ({"routing": "word"}, "routing")])
+def test_bad_config(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _sft_args(tmp_path, **kwargs)
