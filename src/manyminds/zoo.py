@@ -1,0 +1,217 @@
+"""The embedded default models: build, train, cache, load.
+
+Our machines cannot reach a model hub, so manyminds trains its own small causal LMs of standard
+transformers architectures on the bundled tasks' formats, and caches them under
+``$MANYMINDS_HOME/models/<name>`` (default ``~/.cache/manyminds``) as ordinary
+``save_pretrained`` checkpoints (safetensors) that load with plain
+``AutoModelForCausalLM.from_pretrained(path)``, no custom code.
+
+A cache entry is complete only if its marker file ``manyminds_zoo.json`` exists and the
+SHA-256 of its weights matches the marker. Builds write into a temporary folder beside the
+entry and rename it into place, so a killed build never leaves a half-written entry that loads.
+
+    >>> model, tokenizer = load("tiny-arith")   # builds on first use (a few minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from manyminds.charlm import TrainSettings
+
+DEFAULT_MODEL = "tiny-arith"
+MARKER = "manyminds_zoo.json"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A buildable model: architecture family, config overrides and training settings."""
+    name: str
+    family: str
+    config: dict
+    train: TrainSettings = field(default_factory=TrainSettings)
+    description: str = ""
+
+
+_QWEN2_SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
+
+ZOO: dict[str, ZooEntry] = {
+    "tiny-arith": ZooEntry(
+        "tiny-arith", "qwen2", _QWEN2_SMALL, TrainSettings(steps=700),
+        "default: Qwen2-class, 0.8M params, char tokenizer, trained on the bundled tasks' formats"),
+    "tiny-arith-gpt2": ZooEntry(
+        "tiny-arith-gpt2", "gpt2", dict(n_embd=128, n_layer=4, n_head=4, n_positions=256),
+        TrainSettings(steps=700),
+        "GPT-2 family (LayerNorm with bias, Conv1D projections), same data as tiny-arith"),
+    "micro-arith": ZooEntry(
+        "micro-arith", "qwen2", dict(_QWEN2_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
+        TrainSettings(steps=120, batch_size=32),
+        "very small and quick (< 1 min) for behaviour tests; low accuracy"),
+}
+
+
+def home() -> Path:
+    """``$MANYMINDS_HOME`` or ``~/.cache/manyminds``."""
+    return Path(os.environ.get("MANYMINDS_HOME") or Path.home() / ".cache" / "manyminds").expanduser()
+
+
+def model_dir(name: str) -> Path:
+    return home() / "models" / name
+
+
+def _check_name(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_marker(path: Path) -> dict | None:
+    """The entry's marker if the entry is complete and its weights are intact, else ``None``."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+        weights = Path(path) / "model.safetensors"
+        if marker.get("sha256") != _sha256(weights):
+            return None
+        return marker
+    except (OSError, ValueError):
+        return None
+
+
+def is_built(name: str) -> bool:
+    return read_marker(model_dir(name)) is not None
+
+
+def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = True) -> Path:
+    """Train zoo model ``name`` and cache it; returns its folder. A no-op if a complete entry exists.
+
+    A corrupt or half-written entry (no marker, or weights whose hash does not match) is rebuilt.
+    """
+    entry = _check_name(name)
+    final = model_dir(name)
+    if not force and read_marker(final) is not None:
+        return final
+    import torch
+
+    from manyminds.charlm import VOCAB_SIZE, build_tokenizer, greedy_accuracy, train
+    from manyminds.models import random_model
+    from manyminds.tasks import load_task
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    model = random_model(entry.family, vocab_size=VOCAB_SIZE, seed=entry.train.seed, **entry.config, **ids)
+    start = time.time()
+    with _progress(show_progress, f"building {name}", entry.train.steps) as advance:
+        losses = train(model, tokenizer, entry.train, progress=advance)
+    train_s = time.time() - start
+    test = list(load_task("arith", "test", n=200, seed=0))
+    acc = greedy_accuracy(model, tokenizer, test)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        marker = {"name": name, "family": entry.family, "arith_test_greedy_accuracy": acc,
+                  "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
+                  "num_parameters": sum(p.numel() for p in model.parameters()),
+                  "train": asdict(entry.train), "torch": torch.__version__,
+                  "sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class _progress:
+    """A rich progress bar whose ``advance(step, loss)`` callback fits :func:`manyminds.charlm.train`."""
+
+    def __init__(self, enabled: bool, label: str, total: int):
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda step, loss: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total, loss=float("nan"))
+        return lambda step, loss: self.bar.update(task, completed=step + 1, loss=loss)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False
+
+
+def resolve(name_or_path: str, build_missing: bool = True) -> str:
+    """Zoo name -> its cached folder (built if missing); a local folder or hub id is returned as is."""
+    if name_or_path in ZOO:
+        path = model_dir(name_or_path)
+        if read_marker(path) is None:
+            if not build_missing:
+                raise FileNotFoundError(f"zoo model {name_or_path!r} is not built; run `manyminds zoo build {name_or_path}`")
+            build(name_or_path)
+        return str(path)
+    return name_or_path
+
+
+def load(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from a zoo name, a local directory or a hub id.
+
+    Args:
+        name_or_path: a name in :data:`ZOO` (built on first use), a local ``save_pretrained``
+            folder, or a Hugging Face hub id (needs network).
+        dtype: torch dtype for the weights (default: float32 as saved).
+        device: where to put the model (default: CPU).
+        trust_remote_code: passed to transformers; off unless you ask for it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name_or_path)
+    local = Path(path).expanduser()
+    if not local.is_dir():
+        if Path(path).suffix or path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(f"no model folder at {path!r}; pass an existing directory, a hub id, "
+                                    f"or a zoo name ({', '.join(ZOO)})")
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(local) if local.is_dir() else path,
+                                                     dtype=dtype or "auto", use_safetensors=None, **kwargs)
+    except OSError as err:
+        if local.is_dir():
+            raise
+        raise OSError(f"could not load {path!r} from the Hugging Face hub ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0]}); without network pass a local model folder, or use the "
+                      f"default model {DEFAULT_MODEL!r}") from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
