@@ -77,6 +77,26 @@ def _check_dataset(dataset, reward_funcs: Sequence[Callable], label_free: bool, 
         check_reward_columns(reward_funcs, names)
 
 
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` whose mind state was written, or ``None``.
+
+    The trainer writes ``mind_state.json`` last, atomically (temp file + rename), after TRL and
+    transformers have written the weights, optimizer and trainer state, so a checkpoint cut off
+    by a crash never counts as complete.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        folder = os.path.join(output_dir, name)
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.split("-")[-1].isdigit() and \
+                os.path.exists(os.path.join(folder, MIND_STATE_FILE)):
+            steps.append((int(name.split("-")[-1]), folder))
+    return max(steps)[1] if steps else None
+
+
 class PopulationGRPOTrainer(GRPOTrainer):
     """GRPO with a different mind per rollout (B-Trans population RL) and label-free majority-vote RL.
 
