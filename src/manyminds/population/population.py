@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -45,8 +46,8 @@ def check_mind_ids(ids) -> torch.Tensor:
         out = ids.detach().to("cpu", torch.long)
     elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
         for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) and not (isinstance(i, torch.Tensor) and i.dim() == 0
-                                                                      and not i.dtype.is_floating_point):
+            scalar_tensor = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
+            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar_tensor):
                 raise TypeError(f"mind ids must be integers, got {i!r}")
         out = torch.tensor([int(i) for i in ids], dtype=torch.long)
     else:
