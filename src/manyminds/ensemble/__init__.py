@@ -27,6 +27,7 @@ from .objectives import (
 from .uncertainty import (
     answer_disagreement,
     auroc,
+    base_completion_logps,
     completion_logps,
     logp_variance,
     risk_coverage,
@@ -41,6 +42,7 @@ __all__ = [
     "MixtureOutput",
     "answer_disagreement",
     "auroc",
+    "base_completion_logps",
     "bradley_terry_logp",
     "completion_logps",
     "default_target_modules",

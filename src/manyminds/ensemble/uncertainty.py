@@ -146,6 +146,17 @@ def completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_
 
 
 @torch.no_grad()
+def base_completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          completion_mask: torch.Tensor) -> torch.Tensor:
+    """The base model's (adapters off) per-token completion log-probs ``[B, T-1]``, one pass of B rows."""
+    with ensemble.disabled():
+        logits = ensemble(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    labels = input_ids[:, 1:]
+    token_logps = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return token_logps * completion_mask[:, 1:].to(token_logps.dtype)
+
+
+@torch.no_grad()
 def sequence_uncertainty(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor, completion_mask: torch.Tensor
                          ) -> dict[str, torch.Tensor]:
