@@ -60,8 +60,8 @@ def test_renyi_matches_float64_reference(alpha):
     _check(logp.float(), alpha, atol=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 4), st.floats(0.0, 1.0),
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.one_of(st.just(0.0), st.floats(1e-12, 1.0)),
        st.lists(st.floats(-1e4, 0.0), min_size=24, max_size=24))
 def test_renyi_property(K, B, alpha, values):
     logp = torch.tensor(values[:K * B], dtype=torch.float64).view(K, B)

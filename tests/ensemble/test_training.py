@@ -46,13 +46,13 @@ def test_sft_high_lr_changes_every_member_param(char_qwen2, char_tokenizer, tmp_
 
 def test_sft_loss_decreases(char_qwen2, char_tokenizer, tmp_path):
     data = load_task("conflict", n=8)
-    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, max_steps=20, learning_rate=3e-2,
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, max_steps=8, learning_rate=2e-2,
                                                     per_device_train_batch_size=8, lr_scheduler_type="constant",
-                                                    target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]),
+                                                    target_modules=["q_proj", "v_proj", "lm_head"]),
                               train_dataset=data, processing_class=char_tokenizer)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert sum(losses[-3:]) / 3 < 0.95 * sum(losses[:3]) / 3
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert losses[-1] < losses[0]
 
 
