@@ -188,3 +188,32 @@ def test_gradients_reach_every_member(tiny_qwen2):
     ens(input_ids=x.repeat(3, 1)).logits.sum().backward()
     for p in ens.lora_parameters():
         assert p.grad is not None and (p.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_member_ids_validation_and_repeat(tiny_qwen2):
+    ens = EnsembleLoRA(tiny_qwen2, num_members=3, r=4, init="diverse", init_std=0.3)
+    with pytest.raises(TypeError, match="integers"), ens.members([0.5, 1]):
+        pass
+    with pytest.raises(ValueError, match="empty"), ens.members([]):
+        pass
+    x = _ids(B=2)
+    with torch.no_grad():
+        with ens.members([2, 0]):
+            once = ens(input_ids=x).logits
+        with ens.members([2, 0]):   # 2 rows per id, as generate(num_return_sequences=2) expands them
+            twice = ens(input_ids=x.repeat_interleave(2, dim=0)).logits
+    torch.testing.assert_close(twice[::2], once, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(twice[1::2], once, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_keeps_lora_grads(tiny_qwen2):
+    ens = EnsembleLoRA(tiny_qwen2, num_members=2, r=4, init="diverse")
+    x = _ids()
+    ens.train()
+    ens(input_ids=x.repeat(2, 1)).logits.pow(2).mean().backward()
+    plain = [p.grad.clone() for p in ens.lora_parameters()]
+    ens.zero_grad()
+    ens.gradient_checkpointing_enable({"use_reentrant": True})
+    ens(input_ids=x.repeat(2, 1)).logits.pow(2).mean().backward()
+    for g, p in zip(plain, ens.lora_parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)

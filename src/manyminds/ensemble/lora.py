@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -208,18 +209,49 @@ class EnsembleLoRALayer(nn.Module):
         return (d * self.scaling).reshape(*x.shape[:-1], self.out_features)
 
     def delta_rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Member ``ids[b]`` on row ``b`` (``-1`` = base, zero update): ``x [N, ..., in] -> [N, ..., out]``."""
-        if x.shape[0] != ids.shape[0]:
-            raise ValueError(f"ensemble.members(ids) got {ids.shape[0]} ids for a batch of "
-                             f"{x.shape[0]} rows; pass exactly one id per row (-1 = base)")
+        """Member ``ids[b]`` on row ``b`` (``-1`` = base, zero update): ``x [N, ..., in] -> [N, ..., out]``.
+
+        A batch of ``n * len(ids)`` rows repeats each id ``n`` times (``num_return_sequences``),
+        as ``Population.minds`` does.
+        """
+        rows = x.shape[0]
+        if rows % ids.shape[0]:
+            raise ValueError(f"ensemble.members(ids) got {ids.shape[0]} ids for a batch of {rows} rows; "
+                             f"pass exactly one id per row (-1 = base)")
+        if rows != ids.shape[0]:
+            ids = ids.repeat_interleave(rows // ids.shape[0])
         ids = ids.to(x.device)
         keep = (ids >= 0).to(self.lora_A.dtype)                 # [N]
         sel = ids.clamp(min=0)
         A = self.lora_A[sel]                                    # [N, r, in]
         B = self.lora_B[sel] * (keep * self.scaling)[:, None, None]  # [N, out, r]
-        xs = self.dropout(x.to(self.lora_A.dtype)).reshape(x.shape[0], -1, self.in_features)  # [N, T, in]
+        xs = self.dropout(x.to(self.lora_A.dtype)).reshape(rows, -1, self.in_features)  # [N, T, in]
         d = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B.transpose(1, 2))  # [N, T, out]
         return d.reshape(*x.shape[:-1], self.out_features)
+
+
+def check_member_ids(ids, num_members: int) -> torch.Tensor:
+    """Validate member ids -> a CPU ``LongTensor [B]`` with values in ``[-1, K-1]`` (``-1`` = base)."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"member ids must be integers, got a {ids.dtype} tensor")
+        if ids.dim() != 1:
+            raise ValueError(f"member ids must be one id per batch row (a 1-D tensor), got shape "
+                             f"{tuple(ids.shape)}")
+        out = ids.detach().to("cpu", torch.long)
+    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
+        for i in ids:
+            scalar = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
+            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar):
+                raise TypeError(f"member ids must be integers, got {i!r}")
+        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
+    else:
+        raise TypeError(f"member ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
+    if out.numel() == 0:
+        raise ValueError("member ids are empty; pass one id per batch row")
+    if bool((out < -1).any()) or bool((out >= num_members).any()):
+        raise ValueError(f"member ids must be in [-1, {num_members - 1}] (-1 = base), got {out.tolist()}")
+    return out
 
 
 class _Routing:
@@ -336,6 +368,18 @@ class EnsembleLoRA(nn.Module):
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the base model's layers (the Trainer calls this for ``gradient_checkpointing=True``).
+
+        The base is frozen, so the embeddings' outputs are made to require grad: otherwise a
+        reentrant checkpoint would see no input that needs a gradient and drop the LoRA grads.
+        """
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        self.model.enable_input_require_grads()
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing_disable()
+
     def lora_parameters(self) -> Iterator[nn.Parameter]:
         """The trainable LoRA tensors (A and B of every target module, all members)."""
         for layer in self.layers.values():
@@ -376,18 +420,14 @@ class EnsembleLoRA(nn.Module):
         """Row ``b`` of every batch inside the context runs member ``ids[b]`` (``-1`` = base).
 
         Args:
-            ids: LongTensor or list of length B, values in ``[-1, K-1]``.
+            ids: LongTensor or list of ints of length B, values in ``[-1, K-1]``. A forward with
+                ``n * B`` rows repeats each id ``n`` times (``num_return_sequences``).
 
         Raises:
-            ValueError: ids out of range, not 1-D, or (at forward time) not one per batch row.
+            TypeError: ids that are not integers.
+            ValueError: ids out of range, empty, not 1-D, or (at forward time) not matching the batch.
         """
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        if ids.dim() != 1:
-            raise ValueError(f"member ids must be a 1-D tensor with one id per batch row, got shape "
-                             f"{tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < -1 or ids.max() >= self.num_members):
-            raise ValueError(f"member ids must be in [-1, {self.num_members - 1}] (-1 = base), got "
-                             f"{ids.tolist()}")
+        ids = check_member_ids(ids, self.num_members)
         previous = self._routing.mode
         self._routing.mode = ids
         try:
