@@ -158,3 +158,15 @@ def test_text_column_is_accepted(char_qwen2, char_tokenizer, tmp_path):
 def test_bad_config(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _sft_args(tmp_path, **kwargs)
+
+
+def test_evaluate_reports_loss_and_routing(char_qwen2, char_tokenizer, tmp_path):
+    trainer = RenyiSFTTrainer(char_qwen2, _sft_args(tmp_path, per_device_eval_batch_size=4,
+                                                    prediction_loss_only=True),
+                              train_dataset=load_task("conflict", n=4),
+                              eval_dataset=load_task("conflict", split="test", n=4),
+                              processing_class=char_tokenizer)
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] > 0
+    logged = trainer.state.log_history[-1]
+    assert "eval_effective_members" in logged and "eval_member_1/nll" in logged

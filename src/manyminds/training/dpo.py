@@ -107,7 +107,8 @@ class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
         kwargs.setdefault("data_collator", DPOCollator(pad))
         super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        self.model_accepts_loss_kwargs = False
+        self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by GA steps
+        self.can_return_loss = True  # evaluate() reports eval_loss although batches carry no labels
         self._init_metrics()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -117,7 +117,8 @@ class RenyiSFTTrainer(EnsembleTrainerMixin, Trainer):
         kwargs.setdefault("data_collator", SFTCollator(pad))
         super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for GA
+        self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by GA steps
+        self.can_return_loss = True  # evaluate() reports eval_loss although batches carry no labels
         self._init_metrics()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
