@@ -54,3 +54,12 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
 def rl_helpers():
     """(grpo_kwargs, snapshot, varied_reward) helpers for the tests of this folder."""
     return _grpo_kwargs, _snapshot, varied_reward
+
+
+@pytest.fixture
+def random_model_path(make_model, char_tokenizer, tmp_path):
+    """A tiny random Qwen2 + char tokenizer saved as an ordinary save_pretrained folder (fast CLI tests)."""
+    path = tmp_path / "random_tiny"
+    make_model().save_pretrained(path)
+    char_tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,99 @@
+"""Step time of population GRPO vs plain GRPO (trl.GRPOTrainer) at the same settings.
+
+Runs are interleaved (plain, population-mean, population-mind, plain, ...) so that machine load
+hits every variant alike; each run trains ``--steps`` optimizer steps and we keep TRL's own
+``step_time`` metric of the steps after the first (warm-up). Every completion has exactly
+``--completion-length`` tokens (``min_new_tokens``), so all variants do the same work.
+
+    python benchmarks/bench_rl.py                       # tiny-arith shape, CPU
+    python benchmarks/bench_rl.py --size qwen2-0.5b     # real shape (random init)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from manyminds.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.models import random_model
+from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
+from manyminds.tasks import load_task
+
+# size -> (family, config overrides); "tiny-arith" is the default zoo model's shape.
+SIZES = {
+    "micro": ("qwen2", {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "tiny-arith": ("qwen2", {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
+                                 "num_key_value_heads": 2, "tie_word_embeddings": True}),
+    "qwen2-0.5b": ("qwen2-0.5b", {}),  # real shape, the char tokenizer's vocabulary
+}
+
+
+def reward(prompts, completions, **kwargs):
+    return [(sum(map(ord, c)) % 7) / 6 for c in completions]
+
+
+def make_trainer(variant: str, args_kw: dict, tok, ds, size: str):
+    family, overrides = SIZES[size]
+    ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    model = random_model(family, vocab_size=VOCAB_SIZE, seed=0, **overrides, **ids)
+    if variant == "plain":
+        return GRPOTrainer(model, reward_funcs=reward, args=GRPOConfig(**args_kw), train_dataset=ds,
+                           processing_class=tok)
+    mode = variant.split("-")[1]
+    args = PopulationGRPOConfig(**args_kw, mind_sigma=0.02, mind_logprobs=mode)
+    return PopulationGRPOTrainer(model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="tiny-arith", choices=list(SIZES))
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every variant")
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=2)
+    p.add_argument("--completion-length", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    tok = build_tokenizer()
+    ds = load_task("arith", n=64, seed=0)
+    variants = ["plain", "population-mean", "population-mind"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        args_kw = {"output_dir": tmp, "per_device_train_batch_size": args.num_generations * args.prompts_per_step,
+                       "num_generations": args.num_generations, "max_completion_length": args.completion_length,
+                       "generation_kwargs": {"min_new_tokens": args.completion_length}, "max_steps": args.steps,
+                       "learning_rate": 1e-5, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
+                       "use_cpu": not torch.cuda.is_available(), "gradient_checkpointing": False, "seed": 0,
+                       "disable_tqdm": True}
+        for rep in range(args.reps):
+            for v in variants:
+                trainer = make_trainer(v, dict(args_kw), tok, ds, args.size)
+                start = time.perf_counter()
+                trainer.train()
+                steps = [h["step_time"] for h in trainer.state.log_history if "step_time" in h][1:]
+                times[v] += steps
+                print(f"rep {rep} {v:16s} {statistics.median(steps):.3f} s/step "
+                      f"(run {time.perf_counter() - start:.1f} s)", flush=True)
+    base = statistics.median(times["plain"])
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({args.threads} threads)"
+    print(f"\nsize={args.size} device={device} rollouts/step={args.num_generations * args.prompts_per_step} "
+          f"completion={args.completion_length} tokens, median over {len(times['plain'])} steps per variant\n")
+    print("| variant | s/step (median) | ratio vs plain GRPO |")
+    print("|---|---|---|")
+    for v in variants:
+        m = statistics.median(times[v])
+        print(f"| {v} | {m:.3f} | {m / base:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
