@@ -170,3 +170,19 @@ def test_evaluate_reports_loss_and_routing(char_qwen2, char_tokenizer, tmp_path)
     assert metrics["eval_loss"] > 0
     logged = trainer.state.log_history[-1]
     assert "eval_effective_members" in logged and "eval_member_1/nll" in logged
+
+
+def test_conversational_columns(char_qwen2, char_tokenizer, tmp_path):
+    from manyminds.training.sft import prepare_sft_dataset
+
+    char_tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                    "{% if add_generation_prompt %}assistant: {% endif %}")
+    data = Dataset.from_dict({"messages": [[{"role": "user", "content": "1+1"},
+                                            {"role": "assistant", "content": "2"}]]})
+    enc = prepare_sft_dataset(data, char_tokenizer, None)[0]
+    completion = [t for t, m in zip(enc["input_ids"], enc["completion_mask"]) if m]
+    assert char_tokenizer.decode(completion, skip_special_tokens=True) == "2\n"
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "1+1"}]],
+                              "completion": [[{"role": "assistant", "content": "2"}]]})
+    enc2 = prepare_sft_dataset(data, char_tokenizer, None)[0]
+    assert enc2 == {**enc2, "input_ids": enc["input_ids"], "completion_mask": enc["completion_mask"]}
