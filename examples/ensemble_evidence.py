@@ -66,7 +66,8 @@ def _operands(prompt: str) -> tuple[int, int]:
 def train_sft(base_path, tokenizer, train, alpha, K, args, out: Path):
     model, _ = manyminds.load(base_path)
     config = RenyiSFTConfig(output_dir=str(out), num_members=K, alpha=alpha, r=args.r,
-                            lora_alpha=2 * args.r, target_modules=ALL_LINEAR, max_steps=args.steps,
+                            lora_alpha=2 * args.r, target_modules=ALL_LINEAR, init=args.init,
+                            max_steps=args.steps,
                             per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                             lr_scheduler_type="constant_with_warmup", warmup_steps=10,
                             logging_steps=10, save_strategy="no", disable_tqdm=True,
@@ -130,7 +131,8 @@ def analyse_sft(ensemble: EnsembleLoRA, tokenizer, test, args) -> dict:
 def train_dpo(base_path, tokenizer, train, alpha, K, args, out: Path):
     model, _ = manyminds.load(base_path)
     config = RenyiDPOConfig(output_dir=str(out), num_members=K, alpha=alpha, r=args.r,
-                            lora_alpha=2 * args.r, target_modules=ALL_LINEAR, beta=args.beta,
+                            lora_alpha=2 * args.r, target_modules=ALL_LINEAR, init=args.init,
+                            beta=args.beta,
                             max_steps=args.dpo_steps, per_device_train_batch_size=args.batch_size,
                             learning_rate=args.lr, lr_scheduler_type="constant_with_warmup",
                             warmup_steps=10, logging_steps=10, save_strategy="no", disable_tqdm=True,
@@ -263,6 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="peft", choices=["peft", "diverse"], help="member initialization")
     parser.add_argument("--skip-dpo", action="store_true")
     parser.add_argument("--out", default="ensemble-evidence")
     args = parser.parse_args(argv)
