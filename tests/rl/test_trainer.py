@@ -183,6 +183,8 @@ def test_bad_input_fails_before_training(make_model, char_tokenizer, arith_ds, t
         PopulationGRPOConfig(**grpo_kwargs(tmp_path, mind_sigma=-0.1))
     with pytest.raises(ValueError, match="use_vllm"):
         PopulationGRPOConfig(**grpo_kwargs(tmp_path, use_vllm=True))
+    with pytest.raises(ValueError, match="continuous batching"):
+        PopulationGRPOConfig(**grpo_kwargs(tmp_path, use_transformers_continuous_batching=True))
     with pytest.raises(ValueError, match="mind_pool_size"):
         PopulationGRPOConfig(**grpo_kwargs(tmp_path, mind_assignment="pool", mind_pool_size=2))
     with pytest.raises(ValueError, match="mind_logprobs='mean'"):

@@ -85,4 +85,7 @@ class PopulationGRPOConfig(GRPOConfig):
         if self.use_vllm:
             raise ValueError("use_vllm=True is not supported by population GRPO: vLLM cannot run a different mind "
                              "per rollout row; set use_vllm=False (generation runs in transformers)")
+        if self.use_transformers_continuous_batching or self.use_transformers_paged:
+            raise ValueError("continuous batching packs rollouts into shared batches, so rows cannot keep their own "
+                             "mind; set use_transformers_continuous_batching=False")
         super().__post_init__()
