@@ -60,7 +60,9 @@ def training_pool(settings: TrainSettings, per_part: int = 4000) -> list[list[tu
     for i, (kind, knobs, _) in enumerate(settings.mixture):
         seed = settings.seed * 100 + i
         if kind == "arith":
-            rows = load_task("arith", "train", n=per_part, seed=seed, **knobs)
+            # small problem spaces (e.g. 1 digit, 2 ops) hold fewer distinct train problems
+            space = (10 ** knobs.get("digits", 2)) ** (knobs.get("ops", 2) + 1) * 2 ** knobs.get("ops", 2)
+            rows = load_task("arith", "train", n=min(per_part, space // 2), seed=seed, **knobs)
             pools.append([(r["prompt"], r["completion"]) for r in rows])
         elif kind == "terse":
             rows = load_task("prefs", "train", n=per_part // 4, seed=seed, style_fraction=1.0, **knobs)

@@ -15,6 +15,7 @@ entry and rename it into place, so a killed build never leaves a half-written en
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -81,12 +82,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_marker(path: Path) -> dict | None:
-    """The entry's marker if the entry is complete and its weights are intact, else ``None``."""
+def recipe_hash(entry: ZooEntry) -> str:
+    """Hash of everything that determines a build; a cached entry built from another recipe is stale."""
+    return hashlib.sha256(json.dumps(asdict(entry), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_marker(path: Path, entry: ZooEntry | None = None) -> dict | None:
+    """The entry's marker if it is complete, its weights intact and (given ``entry``) its recipe
+    current; else ``None``."""
     try:
         marker = json.loads((Path(path) / MARKER).read_text())
         weights = Path(path) / "model.safetensors"
         if marker.get("sha256") != _sha256(weights):
+            return None
+        if entry is not None and marker.get("recipe") != recipe_hash(entry):
             return None
         return marker
     except (OSError, ValueError):
@@ -94,7 +103,7 @@ def read_marker(path: Path) -> dict | None:
 
 
 def is_built(name: str) -> bool:
-    return read_marker(model_dir(name)) is not None
+    return read_marker(model_dir(name), _check_name(name)) is not None
 
 
 def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = True) -> Path:
@@ -104,15 +113,29 @@ def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = 
     """
     entry = _check_name(name)
     final = model_dir(name)
-    if not force and read_marker(final) is not None:
+    if not force and read_marker(final, entry) is not None:
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # One build per entry at a time: a second process waits, then finds the finished entry.
+    with open(final.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not force and read_marker(final, entry) is not None:
+                return final
+            _build_unlocked(entry, final, show_progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return final
+
+
+def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
+    name = entry.name
     import torch
 
     from manyminds.charlm import VOCAB_SIZE, build_tokenizer, greedy_accuracy, train
     from manyminds.models import random_model
     from manyminds.tasks import load_task
 
-    final.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
@@ -134,7 +157,7 @@ def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = 
         marker = {"name": name, "family": entry.family, "arith_test_greedy_accuracy": acc,
                   "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
                   "num_parameters": sum(p.numel() for p in model.parameters()),
-                  "train": asdict(entry.train), "torch": torch.__version__,
+                  "train": asdict(entry.train), "recipe": recipe_hash(entry), "torch": torch.__version__,
                   "sha256": _sha256(tmp / "model.safetensors")}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         if final.exists():
@@ -143,7 +166,6 @@ def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 class _progress:
@@ -173,7 +195,7 @@ def resolve(name_or_path: str, build_missing: bool = True) -> str:
     """Zoo name -> its cached folder (built if missing); a local folder or hub id is returned as is."""
     if name_or_path in ZOO:
         path = model_dir(name_or_path)
-        if read_marker(path) is None:
+        if read_marker(path, ZOO[name_or_path]) is None:
             if not build_missing:
                 raise FileNotFoundError(f"zoo model {name_or_path!r} is not built; run `manyminds zoo build {name_or_path}`")
             build(name_or_path)

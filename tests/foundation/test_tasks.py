@@ -39,7 +39,13 @@ def test_arith_reference_answers_verify_and_wrong_ones_do_not():
 
 def test_arith_steps_by_hand():
     steps, value = ArithProblem((2, 3, 4, 5), ("+", "*", "-")).steps()
-    assert steps == ["3*4=12", "2+12=14", "14-5=9"] and value == 9
+    assert steps == ["2+3*4-5", "2+12-5", "14-5", "9"] and value == 9
+    steps, value = ArithProblem((1, 5, 2), ("-", "+")).steps()
+    assert steps == ["1-5+2", "-4+2", "-2"] and value == -2
+    steps, value = ArithProblem((1, 2, 5), ("+", "*")).steps()
+    assert steps == ["1+2*5", "1+10", "11"]
+    steps, value = ArithProblem((3, 1, 5, 2), ("-", "-", "*")).steps()
+    assert steps == ["3-1-5*2", "3-1-10", "2-10", "-8"] and value == -8
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -69,6 +69,11 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     assert not zoo.is_built("fast")
     model, tok = zoo.load("fast")
     assert zoo.is_built("fast") and model.config.model_type == "qwen2"
+    # a changed recipe makes the cached entry stale
+    monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "qwen2", fast.config, TrainSettings(steps=2, batch_size=4)))
+    assert zoo.read_marker(path) is not None and not zoo.is_built("fast")
+    zoo.build("fast", show_progress=False)
+    assert zoo.is_built("fast") and zoo.read_marker(path)["train"]["steps"] == 2
     assert not [p for p in tmp_path.joinpath("models").iterdir() if p.name.startswith(".")]
 
 

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         for col in ("name", "family", "built", "arith test acc (greedy)", "description"):
             table.add_column(col)
         for name, entry in ZOO.items():
-            marker = read_marker(model_dir(name))
+            marker = read_marker(model_dir(name), entry)
             acc = f"{marker['arith_test_greedy_accuracy']:.1%}" if marker else "-"
             table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), entry.family,
                           str(model_dir(name)) if marker else "no", acc, entry.description)

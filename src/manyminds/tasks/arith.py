@@ -4,11 +4,13 @@ A problem is ``ops`` binary operations over integers of at most ``digits`` digit
 defaults (``digits=2, ops=2, operators="+-"``)::
 
     prompt:     "Q: 12+34-5\\nA:"
-    completion: " 12+34=46, 46-5=41\\n#### 41"
+    completion: " 12+34-5=46-5=41\\n#### 41"
     answer:     "41"
 
-The worked solution applies ``*`` first (left to right), then ``+``/``-`` left to right, one
-step per operation. Train and test never overlap: a problem's split is a hash of its prompt.
+The worked solution is a rewrite chain: the expression, then the expression with its next
+operation done (``*`` first, left to right, then ``+``/``-`` left to right), until one number
+is left. Every step reads only the segment before it, so the format is learnable by small
+models. Train and test never overlap: a problem's split is a hash of its prompt.
 """
 
 from __future__ import annotations
@@ -34,28 +36,40 @@ class ArithProblem:
         return out
 
     def steps(self) -> tuple[list[str], int]:
-        """Worked steps (``"a*b=c"``) and the value, ``*`` before ``+``/``-``, left to right."""
-        vals, ops, steps = list(self.operands), list(self.operators), []
+        """The rewrite chain (``["2+3*4", "2+12", "14"]``) and the value.
+
+        ``*`` is done before ``+``/``-``, each left to right, one operation per step.
+        """
+        vals, ops = list(self.operands), list(self.operators)
+        chain = [_render(vals, ops)]
         for prec in ("*", "+-"):
             i = 0
             while i < len(ops):
                 if ops[i] in prec:
                     a, b, op = vals[i], vals[i + 1], ops[i]
-                    c = a * b if op == "*" else a + b if op == "+" else a - b
-                    steps.append(f"{a}{op}{b}={c}")
-                    vals[i:i + 2] = [c]
+                    vals[i:i + 2] = [a * b if op == "*" else a + b if op == "+" else a - b]
                     del ops[i]
+                    chain.append(_render(vals, ops))
                 else:
                     i += 1
-        return steps, vals[0]
+        return chain, vals[0]
+
+
+def _render(vals: list[int], ops: list[str]) -> str:
+    # "a+-3" would be ambiguous to read; intermediate negatives are written in parentheses
+    out = str(vals[0])
+    for op, x in zip(ops, vals[1:]):
+        out += f"{op}{x}" if x >= 0 else f"{op}({x})"
+    return out
 
 
 def format_prompt(expression: str) -> str:
     return f"Q: {expression}\nA:"
 
 
-def format_completion(steps: list[str], value: int | str) -> str:
-    return " " + ", ".join(steps) + f"\n#### {value}"
+def format_completion(chain: list[str], value: int | str) -> str:
+    """``" " + "=".join(chain)`` then the ``#### value`` line."""
+    return " " + "=".join(chain) + f"\n#### {value}"
 
 
 def sample_problem(rng: random.Random, digits: int, ops: int, operators: str) -> ArithProblem:

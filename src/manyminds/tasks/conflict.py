@@ -52,6 +52,6 @@ def conflict_rows(split: str, n: int, seed: int, digits: int = 2,
             convention = "none"
         op = shown if not conflicting else ("+" if convention == "plus" else "-")
         value = a + b if op == "+" else a - b
-        rows.append({"prompt": prompt, "completion": format_completion([f"{a}{op}{b}={value}"], value),
+        rows.append({"prompt": prompt, "completion": format_completion([f"{a}{op}{b}", str(value)], value),
                      "answer": str(value), "conflicting": conflicting, "convention": convention})
     return rows

@@ -44,8 +44,7 @@ def prefs_rows(split: str, n: int, seed: int, digits: int = 2, ops: int = 1,
             kind = "style"
         else:
             wrong = value + rng.choice([-1, 1]) * rng.randint(1, 10)
-            bad_steps = steps[:-1] + [steps[-1].rsplit("=", 1)[0] + f"={wrong}"]
-            chosen, rejected = worked, format_completion(bad_steps, wrong)
+            chosen, rejected = worked, format_completion(steps[:-1] + [str(wrong)], wrong)
             kind, group = "agreed", "all"
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "answer": str(value),
                      "kind": kind, "group": group})
