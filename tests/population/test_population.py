@@ -345,3 +345,20 @@ def test_bad_arguments(tiny_qwen2):
     with pop.minds([0]), pytest.raises(RuntimeError, match="another population"), other.minds([1]):
         pass
     assert _hooks(pop) == 0
+
+
+def test_noise_cache_is_bounded_and_transparent(tiny_qwen2, ids_batch):
+    cached = Population(tiny_qwen2, sigma=0.05, seed=2)
+    uncached = Population(tiny_qwen2, sigma=0.05, seed=2, cache_bytes=0)
+    with cached.minds([0, 1, 2]):
+        a = _logits(tiny_qwen2, ids_batch)
+    with cached.minds([0, 1, 2]):  # served from the cache
+        b = _logits(tiny_qwen2, ids_batch)
+    with uncached.minds([0, 1, 2]):
+        c = _logits(tiny_qwen2, ids_batch)
+    assert torch.equal(a, b) and torch.equal(a, c) and not uncached._noise_cache
+    small = Population(tiny_qwen2, sigma=0.05, cache_bytes=3 * 32 * 4)  # room for 3 vectors of [32] float32
+    for mind in range(4):
+        small.offsets(mind, 0)
+    assert len(small._noise_cache) == 3 and small._cache_used <= small.cache_bytes
+    assert torch.equal(small.offsets(0, 0), Population(tiny_qwen2, sigma=0.05).offsets(0, 0))  # evicted: redrawn

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -24,7 +25,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .noise import NOISE_KINDS, apply_noise, check_sigma, mind_noise_table, standard_noise
+from .noise import NOISE_KINDS, apply_noise, check_sigma, standard_noise
 from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
 
 __all__ = ["Population", "check_mind_ids", "expand_mind_ids"]
@@ -83,19 +84,20 @@ class _ActiveMinds:
 
     def offset_for(self, layer: int, output: torch.Tensor) -> torch.Tensor:
         """The offset of ``layer`` shaped to broadcast over ``output`` ``[B', ..., W]``."""
-        rows, base = output.shape[0], self.offsets[layer]  # base: [B, W]
-        key = (layer, rows, output.dim(), output.dtype, output.device)
-        z = self._expanded.get(key)
-        if z is None:
-            if output.dim() < 2 or output.shape[-1] != base.shape[-1]:
-                raise ValueError(f"norm layer {layer} returned shape {tuple(output.shape)}; expected "
-                                 f"[batch, ..., {base.shape[-1]}]")
-            n_ids = base.shape[0]
-            expand_mind_ids(self.ids, rows)  # raises the clear error on a bad batch size
-            z = base if rows == n_ids else base.repeat_interleave(rows // n_ids, dim=0)
-            # [B', W] -> [B', 1, ..., 1, W] to broadcast over tokens (and heads)
-            z = z.view(rows, *([1] * (output.dim() - 2)), z.shape[-1]).to(output.device, output.dtype)
-            self._expanded[key] = z
+        rows = output.shape[0]
+        z = self._expanded.get((layer, rows))
+        if z is not None and z.dim() == output.dim() and z.dtype == output.dtype and z.device == output.device:
+            return z
+        base = self.offsets[layer]  # [B, W]
+        if output.dim() < 2 or output.shape[-1] != base.shape[-1]:
+            raise ValueError(f"norm layer {layer} returned shape {tuple(output.shape)}; expected "
+                             f"[batch, ..., {base.shape[-1]}]")
+        n_ids = base.shape[0]
+        expand_mind_ids(self.ids, rows)  # raises the clear error on a bad batch size
+        z = base if rows == n_ids else base.repeat_interleave(rows // n_ids, dim=0)
+        # [B', W] -> [B', 1, ..., 1, W] to broadcast over tokens (and heads)
+        z = z.view(rows, *([1] * (output.dim() - 2)), z.shape[-1]).to(output.device, output.dtype)
+        self._expanded[(layer, rows)] = z
         return z
 
 
@@ -112,6 +114,7 @@ class Population:
             (gain noise: ``y = Norm(x) * (1 + z)``).
         include_qk_norms: also perturb per-head query/key norms (Qwen3); off by default.
         tokenizer: default tokenizer for :meth:`generate`.
+        cache_bytes: memory for caching drawn noise vectors (0 disables the cache).
 
     Attributes:
         layers: the perturbed :class:`NormLayer` s, in forward order.
@@ -120,7 +123,7 @@ class Population:
 
     def __init__(self, model: nn.Module, sigma: float | Sequence[float] = 0.02, seed: int = 0,
                  norms: str = "all", noise: str = "additive", include_qk_norms: bool = False,
-                 tokenizer=None):
+                 tokenizer=None, cache_bytes: int = 64 * 2**20):
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -135,6 +138,9 @@ class Population:
         self.sigmas: list[float] = check_sigma(sigma, len(self.layers))
         self.hidden_size: int = hidden_size_of(model)
         self._active: _ActiveMinds | None = None
+        self.cache_bytes = int(cache_bytes)
+        self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_used = 0
 
     # ------------------------------------------------------------------ description
 
@@ -183,16 +189,44 @@ class Population:
         return self._layer_offsets(layer, torch.tensor([mind]))[0]
 
     def noise_vector(self, mind: int, layer: int) -> torch.Tensor:
-        """Unscaled ``eps ~ N(0, I_W)`` of ``mind`` on layer ``layer``: float32 ``[W]``."""
+        """Unscaled ``eps ~ N(0, I_W)`` of ``mind`` on layer ``layer``: float32 ``[W]`` on the norm's device.
+
+        Cached (least recently used first out, up to ``cache_bytes``): a population that reuses its
+        minds pays for the draws once. Do not modify the returned tensor.
+        """
         spec = self.layers[layer]
         device, _ = self._placement(spec, self.model)
-        return standard_noise(self.seed, mind, spec.key, spec.width, device)
+        key = (int(mind), spec.key, device)
+        vec = self._noise_cache.get(key)
+        if vec is not None:
+            self._noise_cache.move_to_end(key)
+            return vec
+        vec = standard_noise(self.seed, mind, spec.key, spec.width, device)
+        size = vec.numel() * vec.element_size()
+        if size <= self.cache_bytes:
+            self._noise_cache[key] = vec
+            self._cache_used += size
+            while self._cache_used > self.cache_bytes:
+                _, old = self._noise_cache.popitem(last=False)
+                self._cache_used -= old.numel() * old.element_size()
+        return vec
 
     def _layer_offsets(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
+        """Offsets of one layer for a batch of mind ids: ``[B, W]`` in the norm's dtype (equal to
+        :func:`~manyminds.population.noise.mind_noise_table`)."""
         spec = self.layers[layer]
         device, dtype = self._placement(spec, self.model)
-        return mind_noise_table(self.seed, ids.tolist(), spec.key, spec.width, self.sigmas[layer],
-                                device=device, dtype=dtype)  # [B, W]
+        sigma = self.sigmas[layer]
+        id_list = ids.tolist()
+        unique = sorted({m for m in id_list if m != -1}) if sigma != 0 else []
+        if not unique:
+            return torch.zeros(len(id_list), spec.width, device=device, dtype=dtype)
+        zero = torch.zeros(spec.width, device=device, dtype=torch.float32)
+        # row 0 is the unperturbed model, row i + 1 is unique[i]: [U + 1, W]
+        table = torch.stack([zero] + [self.noise_vector(m, layer) for m in unique]) * float(sigma)
+        where = {m: i + 1 for i, m in enumerate(unique)}
+        index = torch.tensor([where.get(m, 0) for m in id_list], device=device, dtype=torch.long)
+        return table[index].to(dtype)  # [B, W]
 
     # ------------------------------------------------------------------ the minds context
 
