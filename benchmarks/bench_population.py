@@ -5,6 +5,8 @@ Three ways to generate the same R rows of N new tokens each (sampling, fixed len
 - plain:      ``model.generate`` on the R rows (no population), the reference;
 - population: the same R rows under ``population.minds(ids)`` with ``--minds`` distinct minds
               spread over the rows (R / minds prompts x minds);
+- population, no noise cache: the same, drawing every offset again on entering the context
+              (what a stream of fresh minds costs);
 - one mind at a time: the same rows, one ``generate`` call per mind (R / minds rows each).
 
 Reports tokens/s and the ratios population / plain (target >= 0.95 on CPU, >= 0.97 on GPU)
@@ -63,6 +65,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model = build_model(args.size, args.device, dtype)
     pop = Population(model, sigma=args.sigma, seed=0)
+    cold = Population(model, sigma=args.sigma, seed=0, cache_bytes=0)  # draws every offset on each entry
     vocab = model.config.vocab_size
     per_mind = args.rows // args.minds
     gen = torch.Generator().manual_seed(0)
@@ -80,6 +83,10 @@ def main() -> None:
         with pop.minds(minds):
             return model.generate(ids, **kw)
 
+    def population_cold():
+        with cold.minds(minds):
+            return model.generate(ids, **kw)
+
     def one_at_a_time():
         for m in range(args.minds):
             rows = ids[m::args.minds]
@@ -87,7 +94,7 @@ def main() -> None:
                 model.generate(rows, **dict(kw, attention_mask=torch.ones_like(rows)))
 
     runs = {"plain batched sampling": plain, "population (one batch)": population,
-            "one mind at a time": one_at_a_time}
+            "population, no noise cache": population_cold, "one mind at a time": one_at_a_time}
     times = {name: [] for name in runs}
     with torch.no_grad():
         for fn in runs.values():  # warm-up
