@@ -322,16 +322,21 @@ class Population:
             raise ValueError("Population.generate needs a tokenizer for text prompts: pass tokenizer=... "
                              "(or Population(..., tokenizer=tok)), or pass input_ids")
         texts, ids = self._rows(prompts, minds)
-        old_side = tokenizer.padding_side
+        old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
         tokenizer.padding_side = "left"  # decoder-only models continue from the last position
+        if old_pad is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # pad with eos (masked out) when there is no pad token
         try:
             enc = tokenizer(texts, return_tensors="pt", padding=True)
+            pad_id = tokenizer.pad_token_id
         finally:
             tokenizer.padding_side = old_side
+            if old_pad is None:
+                tokenizer.pad_token = None
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        if tokenizer.pad_token_id is None and "pad_token_id" not in generate_kwargs:
-            generate_kwargs["pad_token_id"] = tokenizer.eos_token_id
+        if pad_id is not None and "pad_token_id" not in generate_kwargs:
+            generate_kwargs["pad_token_id"] = pad_id
         with self.minds(ids), torch.no_grad():
             out = self.model.generate(**enc, **generate_kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1]:]  # [B * num_return_sequences, new]
