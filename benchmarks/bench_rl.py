@@ -20,6 +20,7 @@ import time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from manyminds.charlm import VOCAB_SIZE, build_tokenizer
@@ -39,6 +40,21 @@ SIZES = {
 
 def reward(prompts, completions, **kwargs):
     return [(sum(map(ord, c)) % 7) / 6 for c in completions]
+
+
+class CPUTime(TrainerCallback):
+    """Process CPU seconds (all threads) per optimizer step: less sensitive than wall time to other
+    jobs on a shared machine."""
+
+    def __init__(self):
+        self.steps: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.process_time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(time.process_time() - self._start)
 
 
 def make_trainer(variant: str, args_kw: dict, tok, ds, size: str):
@@ -68,6 +84,7 @@ def main():
     ds = load_task("arith", n=64, seed=0)
     variants = ["plain", "population-mean", "population-mind"]
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         args_kw = {"output_dir": tmp, "per_device_train_batch_size": args.num_generations * args.prompts_per_step,
                        "num_generations": args.num_generations, "max_completion_length": args.completion_length,
@@ -78,21 +95,26 @@ def main():
         for rep in range(args.reps):
             for v in variants:
                 trainer = make_trainer(v, dict(args_kw), tok, ds, args.size)
+                clock = CPUTime()
+                trainer.add_callback(clock)
                 start = time.perf_counter()
                 trainer.train()
                 steps = [h["step_time"] for h in trainer.state.log_history if "step_time" in h][1:]
                 times[v] += steps
-                print(f"rep {rep} {v:16s} {statistics.median(steps):.3f} s/step "
-                      f"(run {time.perf_counter() - start:.1f} s)", flush=True)
+                cpu[v] += clock.steps[1:]
+                print(f"rep {rep} {v:16s} wall {statistics.median(steps):.3f} s/step, cpu "
+                      f"{statistics.median(clock.steps[1:]):.3f} s/step (run {time.perf_counter() - start:.1f} s)",
+                      flush=True)
     base = statistics.median(times["plain"])
+    base_cpu = statistics.median(cpu["plain"])
     device = "cuda" if torch.cuda.is_available() else f"cpu ({args.threads} threads)"
     print(f"\nsize={args.size} device={device} rollouts/step={args.num_generations * args.prompts_per_step} "
           f"completion={args.completion_length} tokens, median over {len(times['plain'])} steps per variant\n")
-    print("| variant | s/step (median) | ratio vs plain GRPO |")
-    print("|---|---|---|")
+    print("| variant | wall s/step (median) | wall ratio vs plain GRPO | CPU s/step (median) | CPU ratio |")
+    print("|---|---|---|---|---|")
     for v in variants:
-        m = statistics.median(times[v])
-        print(f"| {v} | {m:.3f} | {m / base:.3f}x |")
+        m, c = statistics.median(times[v]), statistics.median(cpu[v])
+        print(f"| {v} | {m:.3f} | {m / base:.3f}x | {c:.3f} | {c / base_cpu:.3f}x |")
 
 
 if __name__ == "__main__":
