@@ -80,3 +80,20 @@ def test_impossible_folds_raise(tmp_path, family, norms, match):
 def test_export_rejects_population_kwargs_with_population(tmp_path, tiny_gpt2):
     with pytest.raises(TypeError, match="Population"):
         export_mind(Population(tiny_gpt2), 0, tmp_path / "m", sigma=0.1)
+
+
+def test_export_refuses_unmerged_adapters_and_qk_norms(tmp_path, tiny_qwen2):
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(tiny_qwen2, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(MindExportError, match="merge_and_unload"):
+        export_mind(Population(wrapped, norms="blocks"), 0, tmp_path / "m")
+    with pytest.raises(MindExportError, match="include_qk_norms=False"):
+        export_mind(Population(random_model("qwen3"), noise="multiplicative", include_qk_norms=True), 0,
+                    tmp_path / "q")
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_unperturbed_mind_is_the_base_model(tmp_path, tiny_gpt2):
+    path = export_mind(tiny_gpt2, -1, tmp_path / "base", sigma=0.1)
+    loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    torch.testing.assert_close(_logits(loaded), _logits(tiny_gpt2), rtol=0, atol=1e-6)
