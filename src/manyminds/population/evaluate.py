@@ -65,7 +65,7 @@ def score_condition(name: str, sigma: float, temperature: float, grid: list[list
     sem = None
     if semantic and k >= 2:
         try:
-            sem = sum(metrics.semantic_diversity(row) for row in grid) / len(grid)
+            sem = metrics.mean_semantic_diversity(grid)
         except ImportError:
             sem = None
     return ConditionResult(
