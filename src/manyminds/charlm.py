@@ -35,7 +35,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 @dataclass
 class TrainSettings:
     """How a zoo model is trained (see :data:`manyminds.zoo.ZOO`)."""
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 50
@@ -43,12 +43,12 @@ class TrainSettings:
     seed: int = 0
     # (task, knobs, weight): the training mixture, drawn from train splits only.
     mixture: list = field(default_factory=lambda: [
-        ("arith", dict(digits=2, ops=2), 0.55),
-        ("arith", dict(digits=2, ops=1), 0.15),
-        ("arith", dict(digits=1, ops=3), 0.1),
-        ("arith", dict(digits=2, ops=3), 0.1),
-        ("terse", dict(digits=2, ops=1), 0.05),
-        ("controls", dict(digits=2), 0.05),
+        ("arith", dict(digits=1, ops=3), 0.6),   # the default arith difficulty
+        ("arith", dict(digits=1, ops=2), 0.15),
+        ("arith", dict(digits=1, ops=4), 0.05),
+        ("arith", dict(digits=2, ops=1), 0.1),
+        ("terse", dict(digits=1, ops=2), 0.05),  # the prefs task's terse style
+        ("controls", dict(digits=1), 0.05),      # the conflict task's unambiguous +/- prompts
     ])
 
 

@@ -46,11 +46,11 @@ _QWEN2_SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
 
 ZOO: dict[str, ZooEntry] = {
     "tiny-arith": ZooEntry(
-        "tiny-arith", "qwen2", _QWEN2_SMALL, TrainSettings(steps=700),
+        "tiny-arith", "qwen2", _QWEN2_SMALL, TrainSettings(),
         "default: Qwen2-class, 0.8M params, char tokenizer, trained on the bundled tasks' formats"),
     "tiny-arith-gpt2": ZooEntry(
         "tiny-arith-gpt2", "gpt2", dict(n_embd=128, n_layer=4, n_head=4, n_positions=256),
-        TrainSettings(steps=700),
+        TrainSettings(),
         "GPT-2 family (LayerNorm with bias, Conv1D projections), same data as tiny-arith"),
     "micro-arith": ZooEntry(
         "micro-arith", "qwen2", dict(_QWEN2_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),

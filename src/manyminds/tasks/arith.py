@@ -1,11 +1,11 @@
 """``arith``: arithmetic word-free problems with a worked solution and a ``#### <answer>`` line.
 
 A problem is ``ops`` binary operations over integers of at most ``digits`` digits, e.g. with the
-defaults (``digits=2, ops=2, operators="+-"``)::
+defaults (``digits=1, ops=3, operators="+-"``)::
 
-    prompt:     "Q: 12+34-5\\nA:"
-    completion: " 12+34-5=46-5=41\\n#### 41"
-    answer:     "41"
+    prompt:     "Q: 4-5+3-5\\nA:"
+    completion: " 4-5+3-5=-1+3-5=2-5=-3\\n#### -3"
+    answer:     "-3"
 
 The worked solution is a rewrite chain: the expression, then the expression with its next
 operation done (``*`` first, left to right, then ``+``/``-`` left to right), until one number
@@ -87,7 +87,7 @@ def check_knobs(digits: int, ops: int, operators: str) -> None:
         raise ValueError(f"arith: operators must be a non-empty subset of {OPERATORS!r}, got {operators!r}")
 
 
-def arith_rows(split: str, n: int, seed: int, digits: int = 2, ops: int = 2,
+def arith_rows(split: str, n: int, seed: int, digits: int = 1, ops: int = 3,
                operators: str = "+-") -> list[dict]:
     """``n`` distinct problems of ``split``; columns prompt, completion, answer."""
     check_knobs(digits, ops, operators)

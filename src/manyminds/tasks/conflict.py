@@ -21,7 +21,7 @@ from manyminds.tasks.splits import split_of
 AMBIGUOUS = "@"
 
 
-def conflict_rows(split: str, n: int, seed: int, digits: int = 2,
+def conflict_rows(split: str, n: int, seed: int, digits: int = 1,
                   conflict_fraction: float = 0.5) -> list[dict]:
     """Columns prompt, completion, answer, conflicting (bool), convention ("plus"|"minus"|"none").
 

@@ -18,7 +18,7 @@ def terse_completion(value: int | str) -> str:
     return f" #### {value}"
 
 
-def prefs_rows(split: str, n: int, seed: int, digits: int = 2, ops: int = 1,
+def prefs_rows(split: str, n: int, seed: int, digits: int = 1, ops: int = 2,
                style_fraction: float = 0.5) -> list[dict]:
     check_knobs(digits, ops, "+-")
     if not 0.0 <= style_fraction <= 1.0:
