@@ -8,7 +8,6 @@ token from the mixture and forces that same token on all K copies, so the caches
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,10 +26,12 @@ class MixtureLogitsProcessor(LogitsProcessor):
     chosen token.
     """
 
-    def __init__(self, num_members: int, temperature: float = 0.0, seed: int = 0):
+    def __init__(self, num_members: int, temperature: float = 0.0, seed: int = 0,
+                 track_uncertainty: bool = True):
         self.num_members = num_members
         self.temperature = temperature
         self.seed = seed
+        self.track_uncertainty = track_uncertainty
         self._generator: torch.Generator | None = None
         self.steps: list[dict[str, torch.Tensor]] = []
 
@@ -41,22 +42,24 @@ class MixtureLogitsProcessor(LogitsProcessor):
         if self.temperature > 0:
             logits = logits / self.temperature
         logq = torch.log_softmax(logits, dim=-1)                        # [K, B, V]
-        log_mix = torch.logsumexp(logq, dim=0) - math.log(K)            # [B, V]
+        q = logq.exp()
+        mix = q.mean(0)                                                 # [B, V] the predictive
         if self.temperature > 0:
             if self._generator is None or self._generator.device != scores.device:
                 self._generator = torch.Generator(device=scores.device)
                 self._generator.manual_seed(self.seed)
-            chosen = torch.multinomial(log_mix.exp(), 1, generator=self._generator).squeeze(-1)
+            chosen = torch.multinomial(mix, 1, generator=self._generator).squeeze(-1)
         else:
-            chosen = log_mix.argmax(-1)                                 # [B]
-        with torch.no_grad():
-            aleatoric = -(logq.exp() * logq).sum(-1).mean(0)
-            total = -(log_mix.exp() * log_mix).sum(-1)
-            self.steps.append({"token": chosen, "logp": log_mix.gather(-1, chosen[:, None])[:, 0],
+            chosen = mix.argmax(-1)                                     # [B]
+        if self.track_uncertainty:
+            aleatoric = -(q * logq).sum(-1).mean(0)                     # mean_k H[p_k]
+            total = -torch.special.xlogy(mix, mix).sum(-1)              # H[mean_k p_k]
+            self.steps.append({"token": chosen, "logp": mix.gather(-1, chosen[:, None])[:, 0].log(),
                                "total": total, "aleatoric": aleatoric,
                                "epistemic": (total - aleatoric).clamp_min(0.0)})
+        # the same token on all K copies of each prompt (a new tensor: generate may keep `scores`)
         forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(-1, chosen.repeat(K)[:, None], 0.0)             # same token on all K copies
+        forced.scatter_(-1, chosen.repeat(K)[:, None], 0.0)
         return forced
 
 
@@ -84,7 +87,8 @@ def _check_single_sequence(kwargs: dict) -> None:
 @torch.no_grad()
 def mixture_generate(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-                     temperature: float = 0.0, seed: int = 0, **generate_kwargs) -> MixtureOutput:
+                     temperature: float = 0.0, seed: int = 0, track_uncertainty: bool = True,
+                     **generate_kwargs) -> MixtureOutput:
     """Decode from the ensemble's predictive ``mean_k p_k`` in one batched pass per step (KV cache).
 
     Args:
@@ -92,6 +96,7 @@ def mixture_generate(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
         max_new_tokens: tokens to generate.
         temperature: 0 = greedy on the mixture; > 0 = sample from the tempered members' mixture.
         seed: seed of the sampling generator (pure function of the seed, not the global RNG).
+        track_uncertainty: record total / aleatoric / epistemic per generated token.
         **generate_kwargs: passed to ``model.generate`` (``eos_token_id``, ``pad_token_id``, ...).
 
     Returns:
@@ -102,7 +107,8 @@ def mixture_generate(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     B = input_ids.shape[0]
-    processor = MixtureLogitsProcessor(K, temperature=temperature, seed=seed)
+    processor = MixtureLogitsProcessor(K, temperature=temperature, seed=seed,
+                                       track_uncertainty=track_uncertainty)
     rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
     out = ensemble.model.generate(**rep, max_new_tokens=max_new_tokens, do_sample=False,
                                   logits_processor=LogitsProcessorList([processor]),

@@ -1,0 +1,207 @@
+"""Benchmark: K-member batched LoRA training step vs K PEFT adapters in a loop vs one LoRA on K*B rows,
+and mixture decoding vs plain batched generation of the same rows.
+
+Every measurement runs in its own fresh subprocess (so peak memory is that method's alone), side
+by side in one invocation, on random-init weights (speed does not depend on weight values).
+
+    python benchmarks/bench_ensemble.py --size small --members 2,4,8
+    python benchmarks/bench_ensemble.py --size qwen2-0.5b --device cuda --batch 2 --seq 256
+
+Columns: median time per step (s; on CPU the process CPU time of all threads, which other jobs on
+a shared machine disturb far less than wall time; on CUDA wall time), peak memory increase over
+the loaded model (MiB; CPU: peak RSS, CUDA: max_memory_allocated), and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import time
+
+SIZES = {
+    # family, overrides
+    "tiny": ("qwen2", {}),
+    "small": ("qwen2", {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048}),
+    "qwen2-0.5b": ("qwen2-0.5b", {}),
+    "llama-1b": ("llama-1b", {}),
+}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _build(size: str, device: str, dtype_name: str):
+    import torch
+
+    from manyminds.models import random_model
+
+    family, overrides = SIZES[size]
+    dtype = getattr(torch, dtype_name)
+    vocab = overrides.pop("vocab_size", 64 if family == "qwen2" else None)
+    return random_model(family, vocab_size=vocab, dtype=dtype, device=device, **overrides).train()
+
+
+def _worker(spec: dict, queue) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    device = spec["device"]
+    model = _build(spec["size"], device, spec["dtype"])
+    V = model.config.vocab_size
+    K, B, T = spec["K"], spec["batch"], spec["seq"]
+    ids = torch.randint(3, V, (B, T), device=device)
+    method = spec["method"]
+    if method in ("ensemble", "mixture", "plain"):
+        from manyminds.ensemble import EnsembleLoRA
+
+        ens = EnsembleLoRA(model, num_members=K, r=spec["r"], init="diverse")
+        params = list(ens.lora_parameters())
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config, adapter_name="member_0")
+        if method == "peft_loop":
+            for k in range(1, K):
+                peft_model.add_adapter(f"member_{k}", config)
+        for name, p in peft_model.named_parameters():
+            p.requires_grad_("lora_" in name)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def nll(logits, labels):
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if method == "ensemble":
+            from manyminds.ensemble import renyi_loss
+
+            rep = ids.repeat(K, 1)                                            # [K*B, T]
+            logits = ens(input_ids=rep).logits
+            logp = -torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), rep[:, 1:].flatten(), reduction="none"
+            ).view(K, B, T - 1).sum(-1)                                       # [K, B]
+            loss, _ = renyi_loss(logp, 0.8)
+            loss.backward()
+        elif method == "one_lora":
+            rep = ids.repeat(K, 1)
+            nll(peft_model(input_ids=rep).logits, rep).backward()
+        else:  # peft_loop: K adapters, one forward/backward each
+            for k in range(K):
+                peft_model.base_model.set_adapter(f"member_{k}")
+                for name, p in peft_model.named_parameters():   # set_adapter freezes the others
+                    p.requires_grad_("lora_" in name)
+                nll(peft_model(input_ids=ids).logits, ids).backward()
+        opt.step()
+
+    def generate():
+        from manyminds.ensemble import mixture_generate
+
+        prompt = ids[:, : spec["prompt_len"]]
+        kw = {"max_new_tokens": spec["new_tokens"], "eos_token_id": None, "pad_token_id": 0}
+        if method == "mixture":
+            mixture_generate(ens, prompt, **kw)
+        else:  # plain: the same K*B rows through generate (each row its own member)
+            rep = prompt.repeat(K, 1)
+            ens.generate(input_ids=rep, attention_mask=torch.ones_like(rep), do_sample=False, **kw)
+
+    fn = step if method in ("ensemble", "one_lora", "peft_loop") else generate
+    if method in ("mixture", "plain"):
+        model.eval()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.no_grad() if fn is generate else torch.enable_grad():
+        fn()                                                                 # warm-up
+        sync()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated() / 2**20
+        else:
+            base_mem = _rss_mib()
+        times, cpu_times = [], []
+        for _ in range(spec["repeats"]):
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _peak_rss_mib())
+    # CPU: process time (all threads) is robust to other jobs on a shared box; CUDA: wall time
+    seconds = statistics.median(times if device.startswith("cuda") else cpu_times)
+    queue.put({"seconds": seconds, "wall_seconds": statistics.median(times),
+               "peak_mib": max(0.0, peak - base_mem)})
+
+
+def measure(spec: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(spec, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=list(SIZES))
+    parser.add_argument("--members", default="2,4,8", help="comma-separated K values")
+    parser.add_argument("--batch", type=int, default=4, help="B, rows per member")
+    parser.add_argument("--seq", type=int, default=64, help="T, tokens per row")
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    base = {"size": args.size, "batch": args.batch, "seq": args.seq, "r": args.r, "repeats": args.repeats,
+            "device": args.device, "dtype": args.dtype, "threads": args.threads,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+    rows = []
+    for K in [int(k) for k in args.members.split(",")]:
+        res = {m: measure({**base, "K": K, "method": m})
+               for m in ("one_lora", "ensemble", "peft_loop", "plain", "mixture")}
+        rows.append({"K": K, **{f"{m}_{k}": v for m, r in res.items() for k, v in r.items()}})
+        print(f"K={K} done: " + json.dumps({m: round(r['seconds'], 4) for m, r in res.items()}), flush=True)
+
+    clock = "wall time" if args.device.startswith("cuda") else "process CPU time"
+    print(f"\n{clock}; size={args.size} B={args.batch} T={args.seq} r={args.r} device={args.device} "
+          f"dtype={args.dtype} threads={args.threads} (median of {args.repeats})\n")
+    head = ("| K | one LoRA on K*B rows (s) | K-member batched (s) | PEFT loop of K adapters (s) "
+            "| batched / one LoRA | PEFT loop / batched | peak MiB one / batched / loop "
+            "| plain gen (s) | mixture gen (s) | mixture speed / plain |")
+    print(head)
+    print("|" + "---|" * 10)
+    for r in rows:
+        print(f"| {r['K']} | {r['one_lora_seconds']:.4f} | {r['ensemble_seconds']:.4f} | "
+              f"{r['peft_loop_seconds']:.4f} | {r['ensemble_seconds'] / r['one_lora_seconds']:.2f}x | "
+              f"{r['peft_loop_seconds'] / r['ensemble_seconds']:.2f}x | "
+              f"{r['one_lora_peak_mib']:.0f} / {r['ensemble_peak_mib']:.0f} / {r['peft_loop_peak_mib']:.0f} | "
+              f"{r['plain_seconds']:.3f} | {r['mixture_seconds']:.3f} | "
+              f"{r['plain_seconds'] / r['mixture_seconds']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
