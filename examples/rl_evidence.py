@@ -30,6 +30,7 @@ import time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from transformers import PrinterCallback
 
 import manyminds
 from manyminds.evaluation import EvalConfig, evaluate
@@ -59,6 +60,7 @@ def train_one(method: str, seed: int, opts, train_rows, out_dir: str):
     rewards = [] if args.label_free else [answer_reward]
     trainer = PopulationGRPOTrainer(model, reward_funcs=rewards, args=args, train_dataset=train_rows,
                                     processing_class=tok)
+    trainer.remove_callback(PrinterCallback)  # keep the console to one line per run
     start = time.time()
     trainer.train()
     history = [h for h in trainer.state.log_history if "reward" in h]
