@@ -131,6 +131,7 @@ def test_dpo_reference_is_base_and_members_train(char_tokenizer, tmp_path):
     # members start as the base, so the policy equals the reference: margin 0, loss log 2
     assert first["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
     assert first["member_0/nll"] == pytest.approx(0.693147, abs=1e-5)
+    assert first["member_0/route_share"] == pytest.approx(0.5)   # tied responsibilities are shared
     after = _lora_state(trainer)
     assert all((after[n] - before[n]).flatten(1).abs().amax(1).gt(0).all() for n in before)
 

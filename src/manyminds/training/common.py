@@ -165,11 +165,13 @@ class EnsembleTrainerMixin:
         m["responsibility_entropy"].append(responsibility_entropy(w_seq).mean().item())
         m["effective_members"].append(effective_members(w_seq).mean().item())
         m["prior"].append(float(prior))
-        top = w_seq.argmax(0)                                   # [B] member taking each example
+        # member(s) taking each example: the largest responsibility, ties shared evenly
+        is_top = (w_seq >= w_seq.amax(0, keepdim=True) - 1e-6).float()   # [K, B]
+        share = (is_top / is_top.sum(0, keepdim=True)).mean(1)             # [K]
         for k in range(K):
             m[f"member_{k}/nll"].append(member_nll[k].item())
             m[f"member_{k}/responsibility"].append(w_seq[k].mean().item())
-            m[f"member_{k}/route_share"].append((top == k).float().mean().item())
+            m[f"member_{k}/route_share"].append(share[k].item())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
