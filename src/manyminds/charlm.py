@@ -65,10 +65,10 @@ def training_pool(settings: TrainSettings, per_part: int = 4000) -> list[list[tu
             rows = load_task("arith", "train", n=min(per_part, space // 2), seed=seed, **knobs)
             pools.append([(r["prompt"], r["completion"]) for r in rows])
         elif kind == "terse":
-            rows = load_task("prefs", "train", n=per_part // 4, seed=seed, style_fraction=1.0, **knobs)
+            rows = load_task("prefs", "train", n=max(1, per_part // 4), seed=seed, style_fraction=1.0, **knobs)
             pools.append([(r["prompt"], r["chosen"] if r["group"] == "terse" else r["rejected"]) for r in rows])
         elif kind == "controls":
-            rows = load_task("conflict", "train", n=per_part // 4, seed=seed, conflict_fraction=0.0, **knobs)
+            rows = load_task("conflict", "train", n=max(1, per_part // 4), seed=seed, conflict_fraction=0.0, **knobs)
             pools.append([(r["prompt"], r["completion"]) for r in rows])
         else:
             raise ValueError(f"unknown mixture part {kind!r}")
@@ -99,7 +99,8 @@ def train(model, tokenizer, settings: TrainSettings, progress=None) -> list[floa
     """Train ``model`` in place; returns the loss curve. ``progress(step, loss)`` is called per step."""
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
-    pools = training_pool(settings)
+    # never draw more distinct problems per part than the run can see (keeps tiny builds fast)
+    pools = training_pool(settings, per_part=min(4000, settings.steps * settings.batch_size))
     weights = [w for _, _, w in settings.mixture]
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                             betas=(0.9, 0.98))

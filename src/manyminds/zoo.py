@@ -39,6 +39,7 @@ class ZooEntry:
     config: dict
     train: TrainSettings = field(default_factory=TrainSettings)
     description: str = ""
+    eval_problems: int = 200  # held-out arith test problems scored (greedy) at the end of the build
 
 
 _QWEN2_SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -55,7 +56,7 @@ ZOO: dict[str, ZooEntry] = {
     "micro-arith": ZooEntry(
         "micro-arith", "qwen2", dict(_QWEN2_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
         TrainSettings(steps=120, batch_size=32),
-        "very small and quick (< 1 min) for behaviour tests; low accuracy"),
+        "very small and quick (< 1 min) for behaviour tests; low accuracy", eval_problems=50),
 }
 
 
@@ -84,7 +85,9 @@ def _sha256(path: Path) -> str:
 
 def recipe_hash(entry: ZooEntry) -> str:
     """Hash of everything that determines a build; a cached entry built from another recipe is stale."""
-    return hashlib.sha256(json.dumps(asdict(entry), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    recipe = asdict(entry)
+    recipe.pop("eval_problems")  # scoring does not change the weights
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_marker(path: Path, entry: ZooEntry | None = None) -> dict | None:
@@ -144,7 +147,7 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     with _progress(show_progress, f"building {name}", entry.train.steps) as advance:
         losses = train(model, tokenizer, entry.train, progress=advance)
     train_s = time.time() - start
-    test = list(load_task("arith", "test", n=200, seed=0))
+    test = list(load_task("arith", "test", n=entry.eval_problems, seed=0))
     acc = greedy_accuracy(model, tokenizer, test)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -155,7 +158,7 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {"name": name, "family": entry.family, "arith_test_greedy_accuracy": acc,
-                  "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
+                  "eval_problems": entry.eval_problems, "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
                   "num_parameters": sum(p.numel() for p in model.parameters()),
                   "train": asdict(entry.train), "recipe": recipe_hash(entry), "torch": torch.__version__,
                   "sha256": _sha256(tmp / "model.safetensors")}

@@ -50,7 +50,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     from manyminds.charlm import TrainSettings
 
     fast = zoo.ZooEntry("fast", "qwen2", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
-                        TrainSettings(steps=3, batch_size=4))
+                        TrainSettings(steps=3, batch_size=4), eval_problems=8)
     monkeypatch.setitem(zoo.ZOO, "fast", fast)
     path = zoo.build("fast", show_progress=False)
     marker = zoo.read_marker(path)
@@ -70,7 +70,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     model, tok = zoo.load("fast")
     assert zoo.is_built("fast") and model.config.model_type == "qwen2"
     # a changed recipe makes the cached entry stale
-    monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "qwen2", fast.config, TrainSettings(steps=2, batch_size=4)))
+    monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "qwen2", fast.config, TrainSettings(steps=2, batch_size=4), eval_problems=8))
     assert zoo.read_marker(path) is not None and not zoo.is_built("fast")
     zoo.build("fast", show_progress=False)
     assert zoo.is_built("fast") and zoo.read_marker(path)["train"]["steps"] == 2
@@ -81,7 +81,7 @@ def test_build_deterministic(monkeypatch, tmp_path):
     from manyminds.charlm import TrainSettings
 
     fast = zoo.ZooEntry("fast", "qwen2", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
-                        TrainSettings(steps=3, batch_size=4))
+                        TrainSettings(steps=3, batch_size=4), eval_problems=8)
     monkeypatch.setitem(zoo.ZOO, "fast", fast)
     shas = []
     for sub in ("a", "b"):
@@ -100,7 +100,10 @@ def test_load_local_dir_and_errors(trained_tiny_path, tmp_path):
 
 
 def test_load_hub_unreachable_says_so(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="without network pass a local model folder"):
         zoo.load("some-org/some-model-that-is-not-cached")
 
@@ -111,7 +114,7 @@ def test_gpt2_family_builds(monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     entry = zoo.ZOO["tiny-arith-gpt2"]
     monkeypatch.setitem(zoo.ZOO, "g", zoo.ZooEntry("g", entry.family, dict(entry.config, n_layer=1, n_embd=32),
-                                                   TrainSettings(steps=2, batch_size=4)))
+                                                   TrainSettings(steps=2, batch_size=4), eval_problems=8))
     model, _ = zoo.load("g")
     assert model.config.model_type == "gpt2"
 
