@@ -181,7 +181,7 @@ def main():
     p.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step")
     p.add_argument("--max-completion-length", type=int, default=40)
     p.add_argument("--temperature", type=float, default=1.0, help="rollout and evaluation sampling temperature")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (full fine-tuning; 5e-4 wrecks the tiny model in 20 steps)")
     p.add_argument("--sigma", type=float, default=0.02, help="mind noise scale (training and evaluation)")
     p.add_argument("--n-train", type=int, default=400, help="training prompts (arith train split, 2 ops)")
     p.add_argument("--n-test", type=int, default=100, help="held-out prompts (arith test split)")
