@@ -42,19 +42,22 @@ class ZooEntry:
     eval_problems: int = 200  # held-out arith test problems scored (greedy) at the end of the build
 
 
-_QWEN2_SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
+_SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
 
 ZOO: dict[str, ZooEntry] = {
+    # Llama class: transformers' AutoTokenizer maps model_type qwen2 to Qwen2Tokenizer, which
+    # replaces any tokenizer's pre-tokenizer with byte-level BPE rules (breaking a char tokenizer);
+    # for llama it honours the saved tokenizer_class, so plain AutoTokenizer loads ours intact.
     "tiny-arith": ZooEntry(
-        "tiny-arith", "qwen2", _QWEN2_SMALL, TrainSettings(),
-        "default: Qwen2-class, 0.8M params, char tokenizer, trained on the bundled tasks' formats"),
+        "tiny-arith", "llama", _SMALL, TrainSettings(),
+        "default: Llama-class (RMSNorm), 0.8M params, char tokenizer, trained on the bundled tasks' formats"),
     "tiny-arith-gpt2": ZooEntry(
         "tiny-arith-gpt2", "gpt2", dict(n_embd=128, n_layer=4, n_head=4, n_positions=256),
         TrainSettings(),
         "GPT-2 family (LayerNorm with bias, Conv1D projections), same data as tiny-arith"),
     "micro-arith": ZooEntry(
-        "micro-arith", "qwen2", dict(_QWEN2_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
+        "micro-arith", "llama", dict(_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
         TrainSettings(steps=120, batch_size=32),
         "very small and quick (< 1 min) for behaviour tests; low accuracy", eval_problems=50),
 }
@@ -157,6 +160,7 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _check_auto_tokenizer(tmp, tokenizer)
         marker = {"name": name, "family": entry.family, "arith_test_greedy_accuracy": acc,
                   "eval_problems": entry.eval_problems, "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
                   "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -169,6 +173,18 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_auto_tokenizer(path: Path, tokenizer) -> None:
+    """Plain ``AutoTokenizer.from_pretrained(path)`` must give back exactly our tokenizer."""
+    from transformers import AutoTokenizer
+
+    probe = "Q: 4-5+3-5\nA: 4-5+3-5=-1+3-5=2-5=-3\n#### -3"
+    loaded = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer(probe, add_special_tokens=False).input_ids
+    if loaded(probe, add_special_tokens=False).input_ids != ids or loaded.decode(ids) != probe:
+        raise RuntimeError(f"AutoTokenizer loads the tokenizer saved at {path} as {type(loaded).__name__}, "
+                           "which does not round-trip; use a model family whose tokenizer mapping keeps it")
 
 
 class _progress:

@@ -29,11 +29,12 @@ def test_trained_tiny_is_real_and_loads_with_auto_classes(trained_tiny_path):
         "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
         "p=sys.argv[1]; m=AutoModelForCausalLM.from_pretrained(p); t=AutoTokenizer.from_pretrained(p);"
         "enc=t(['Q: 1+2\\nA:'], return_tensors='pt', add_special_tokens=False);"
-        "print(type(m).__name__, m(**enc).logits.shape[-1])"
+        "p2='Q: 4-5+3\\nA: 4-5+3=-1+3=2\\n#### 2';"
+        "print(type(m).__name__, m(**enc).logits.shape[-1], t.decode(t(p2, add_special_tokens=False).input_ids) == p2)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(trained_tiny_path)], capture_output=True, text=True,
                          check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.stdout.split() == ["Qwen2ForCausalLM", "128"]
+    assert out.stdout.split() == ["LlamaForCausalLM", "128", "True"]  # the char tokenizer round-trips
     assert (trained_tiny_path / "model.safetensors").exists()
 
 
@@ -49,7 +50,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     from manyminds.charlm import TrainSettings
 
-    fast = zoo.ZooEntry("fast", "qwen2", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
+    fast = zoo.ZooEntry("fast", "llama", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
                         TrainSettings(steps=3, batch_size=4), eval_problems=8)
     monkeypatch.setitem(zoo.ZOO, "fast", fast)
     path = zoo.build("fast", show_progress=False)
@@ -68,9 +69,9 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     (path / zoo.MARKER).unlink()
     assert not zoo.is_built("fast")
     model, tok = zoo.load("fast")
-    assert zoo.is_built("fast") and model.config.model_type == "qwen2"
+    assert zoo.is_built("fast") and model.config.model_type == "llama"
     # a changed recipe makes the cached entry stale
-    monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "qwen2", fast.config, TrainSettings(steps=2, batch_size=4), eval_problems=8))
+    monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "llama", fast.config, TrainSettings(steps=2, batch_size=4), eval_problems=8))
     assert zoo.read_marker(path) is not None and not zoo.is_built("fast")
     zoo.build("fast", show_progress=False)
     assert zoo.is_built("fast") and zoo.read_marker(path)["train"]["steps"] == 2
@@ -80,7 +81,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
 def test_build_deterministic(monkeypatch, tmp_path):
     from manyminds.charlm import TrainSettings
 
-    fast = zoo.ZooEntry("fast", "qwen2", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
+    fast = zoo.ZooEntry("fast", "llama", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
                         TrainSettings(steps=3, batch_size=4), eval_problems=8)
     monkeypatch.setitem(zoo.ZOO, "fast", fast)
     shas = []
@@ -142,4 +143,4 @@ def test_default_model_accuracy_in_range(monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     marker = zoo.read_marker(zoo.build("tiny-arith", show_progress=False))
     assert 0.40 <= marker["arith_test_greedy_accuracy"] <= 0.85
-    assert json.loads((tmp_path / "models" / "tiny-arith" / "config.json").read_text())["model_type"] == "qwen2"
+    assert json.loads((tmp_path / "models" / "tiny-arith" / "config.json").read_text())["model_type"] == "llama"
