@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -125,6 +126,10 @@ def analyse_sft(ensemble: EnsembleLoRA, tokenizer, test, args) -> dict:
            "mean_max_epistemic_control": sum(ev.max_epistemic[i] for i in control_idx) / max(1, len(control_idx))}
     if K > 1:
         out["auroc_logp_variance"] = auroc(ref_var, labels)
+    else:  # one member: no epistemic term or disagreement; its score is the total entropy
+        for key in ("auroc_max_epistemic", "auroc_mean_epistemic", "auroc_reference_epistemic",
+                    "auroc_answer_disagreement"):
+            out[key] = None
     return out
 
 
@@ -226,7 +231,8 @@ def plot(results: dict, path: Path) -> None:
                        ("auroc_reference_epistemic", "MI (reference completion)"),
                        ("auroc_answer_disagreement", "answer disagreement"),
                        ("auroc_total_entropy", "total entropy")):
-        axes[0].plot(names, [results["sft"][n][key] for n in names], marker="o", label=label)
+        values = [results["sft"][n][key] for n in names]
+        axes[0].plot(names, [math.nan if v is None else v for v in values], marker="o", label=label)
     axes[0].axhline(0.5, color="grey", lw=0.5)
     axes[0].set_title("AUROC: @ prompts vs controls")
     axes[0].legend(fontsize=8)
@@ -289,8 +295,8 @@ def main(argv=None) -> None:
         ensemble, _ = train_sft(base_path, tokenizer, train, alpha, K, args, out / "runs" / name)
         results["sft"][name] = analyse_sft(ensemble, tokenizer, test, args)
         results["seconds"][f"sft {name}"] = round(time.time() - start, 1)
-        print(f"[sft] {name}: AUROC max-MI={results['sft'][name]['auroc_max_epistemic']:.3f} "
-              f"ref-MI={results['sft'][name]['auroc_reference_epistemic']:.3f} "
+        print(f"[sft] {name}: AUROC max-MI={_fmt(results['sft'][name]['auroc_max_epistemic'])} "
+              f"ref-MI={_fmt(results['sft'][name]['auroc_reference_epistemic'])} "
               f"({results['seconds'][f'sft {name}']}s)", flush=True)
 
     if not args.skip_dpo:

@@ -76,3 +76,11 @@ def test_majority_vote():
     assert majority_vote(["4", "5", "4", None]) == ("4", 0.5)
     assert majority_vote([None, None]) == (None, 0.0)
     assert majority_vote(["7", "8"]) == ("7", 0.5)
+
+
+def test_single_member_has_no_epistemic_uncertainty(tiny_qwen2):
+    ens = EnsembleLoRA(tiny_qwen2, num_members=1, r=4, init="diverse", init_std=0.5)
+    ids = torch.randint(3, 64, (2, 4), generator=torch.Generator().manual_seed(3))
+    out = mixture_generate(ens, ids, max_new_tokens=4, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(out.uncertainty["epistemic"], torch.zeros(2, 4))
+    assert (out.uncertainty["total"] > 0).all()

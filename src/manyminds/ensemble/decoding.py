@@ -52,7 +52,8 @@ class MixtureLogitsProcessor(LogitsProcessor):
         else:
             chosen = mix.argmax(-1)                                     # [B]
         if self.track_uncertainty:
-            aleatoric = -(q * logq).sum(-1).mean(0)                     # mean_k H[p_k]
+            # the same xlogy for both terms, so K = 1 (or identical members) gives exactly 0 MI
+            aleatoric = -torch.special.xlogy(q, q).sum(-1).mean(0)      # mean_k H[p_k]
             total = -torch.special.xlogy(mix, mix).sum(-1)              # H[mean_k p_k]
             self.steps.append({"token": chosen, "logp": mix.gather(-1, chosen[:, None])[:, 0].log(),
                                "total": total, "aleatoric": aleatoric,
