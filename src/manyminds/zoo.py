@@ -157,6 +157,9 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the cache entry gets ordinary permissions
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
