@@ -48,28 +48,8 @@ METHODS = {
 CURVES = ["reward", "minds/frac_groups_zero_reward_var", "minds/unique_answers_per_group"]
 
 
-def load(name: str):
-    """``manyminds.load``, checking that the tokenizer round-trips a prompt.
-
-    Workaround (reported to the lead): with transformers 5.23, ``AutoTokenizer`` loads the zoo's
-    char-level tokenizer as a ``Qwen2Tokenizer`` that drops spaces and newlines; the saved
-    ``tokenizer.json`` itself is fine, so it is reloaded with ``PreTrainedTokenizerFast``.
-    """
-    from transformers import PreTrainedTokenizerFast
-
-    from manyminds.zoo import ZOO, model_dir
-
-    model, tok = manyminds.load(name)
-    probe = "Q: 1+2\nA: 3"
-    if tok.decode(tok(probe, add_special_tokens=False).input_ids) != probe:
-        folder = str(model_dir(name)) if name in ZOO else name
-        tok = PreTrainedTokenizerFast.from_pretrained(folder)
-        print(f"note: reloaded the tokenizer of {name} with PreTrainedTokenizerFast (AutoTokenizer broke it)")
-    return model, tok
-
-
 def train_one(method: str, seed: int, opts, train_rows, out_dir: str):
-    model, tok = load(opts.model)
+    model, tok = manyminds.load(opts.model)
     settings = {"mind_sigma": opts.sigma, **METHODS[method]}
     args = PopulationGRPOConfig(
         output_dir=out_dir, max_steps=opts.steps, num_generations=opts.num_generations,
@@ -198,7 +178,7 @@ def main():
     train_rows = load_task("arith", split="train", n=opts.n_train, seed=0)
     test_rows = load_task("arith", split="test", n=opts.n_test, seed=0)
 
-    base_model, base_tok = load(opts.model)
+    base_model, base_tok = manyminds.load(opts.model)
     results = {"settings": vars(opts), "before": eval_model(base_model, base_tok, test_rows, opts, 0), "runs": {}}
     del base_model
     print(f"before training: {json.dumps(results['before']['greedy'])}", flush=True)
