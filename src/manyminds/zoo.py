@@ -40,18 +40,21 @@ class ZooEntry:
     train: TrainSettings = field(default_factory=TrainSettings)
     description: str = ""
     eval_problems: int = 200  # held-out arith test problems scored (greedy) at the end of the build
+    save_as_llama: bool = False  # write a Qwen2-family model as the equivalent LlamaForCausalLM
 
 
 _SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
 
 ZOO: dict[str, ZooEntry] = {
-    # Llama class: transformers' AutoTokenizer maps model_type qwen2 to Qwen2Tokenizer, which
+    # Trained as Qwen2 (Llama + q/k/v biases), saved as the identical LlamaForCausalLM with
+    # attention biases: transformers' AutoTokenizer maps model_type qwen2 to Qwen2Tokenizer, which
     # replaces any tokenizer's pre-tokenizer with byte-level BPE rules (breaking a char tokenizer);
     # for llama it honours the saved tokenizer_class, so plain AutoTokenizer loads ours intact.
     "tiny-arith": ZooEntry(
-        "tiny-arith", "llama", _SMALL, TrainSettings(),
-        "default: Llama-class (RMSNorm), 0.8M params, char tokenizer, trained on the bundled tasks' formats"),
+        "tiny-arith", "qwen2", _SMALL, TrainSettings(),
+        "default: Llama-class (RMSNorm, q/k/v biases), 0.8M params, char tokenizer, trained on the "
+        "bundled tasks' formats", save_as_llama=True),
     "tiny-arith-gpt2": ZooEntry(
         "tiny-arith-gpt2", "gpt2", dict(n_embd=128, n_layer=4, n_head=4, n_positions=256),
         TrainSettings(),
@@ -152,6 +155,8 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     train_s = time.time() - start
     test = list(load_task("arith", "test", n=entry.eval_problems, seed=0))
     acc = greedy_accuracy(model, tokenizer, test)
+    if entry.save_as_llama:
+        model = qwen2_as_llama(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -176,6 +181,42 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def qwen2_as_llama(model):
+    """The ``LlamaForCausalLM`` computing exactly what a Qwen2 model computes.
+
+    Qwen2 is Llama with biases on q/k/v: ``LlamaConfig(attention_bias=True)`` adds those and an
+    ``o_proj`` bias, which is set to zero. Checked on a probe batch (max |diff| <= 1e-5).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    if c.model_type != "qwen2" or getattr(c, "use_sliding_window", False):
+        raise ValueError(f"qwen2_as_llama takes a Qwen2 model without sliding windows, got {c.model_type!r}")
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range",
+              "rms_norm_eps", "tie_word_embeddings", "rope_parameters", "attention_dropout",
+              "pad_token_id", "bos_token_id", "eos_token_id")
+    config = LlamaConfig(**{f: getattr(c, f) for f in fields if getattr(c, f, None) is not None},
+                         head_dim=c.hidden_size // c.num_attention_heads, attention_bias=True, mlp_bias=False)
+    with torch.random.fork_rng(devices=[]):
+        llama = LlamaForCausalLM(config).to(next(model.parameters()).dtype)
+    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if unexpected or any(not k.endswith("o_proj.bias") for k in missing):
+        raise RuntimeError(f"Qwen2 -> Llama conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for layer in llama.model.layers:
+            layer.self_attn.o_proj.bias.zero_()
+    llama.eval()
+    probe = torch.arange(2 * 12).reshape(2, 12) % config.vocab_size
+    with torch.no_grad():
+        diff = (llama(probe).logits - model.eval()(probe).logits).abs().max().item()
+    if diff > 1e-5:
+        raise RuntimeError(f"Qwen2 -> Llama conversion changed the logits by {diff:.2e}")
+    return llama
 
 
 def _check_auto_tokenizer(path: Path, tokenizer) -> None:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from manyminds import zoo
 from manyminds.charlm import build_tokenizer
@@ -144,3 +145,21 @@ def test_default_model_accuracy_in_range(monkeypatch, tmp_path):
     marker = zoo.read_marker(zoo.build("tiny-arith", show_progress=False))
     assert 0.40 <= marker["arith_test_greedy_accuracy"] <= 0.85
     assert json.loads((tmp_path / "models" / "tiny-arith" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_qwen2_as_llama_is_exact():
+    from manyminds.models import random_model
+
+    qwen = random_model("qwen2", vocab_size=64, seed=3)
+    with torch.no_grad():  # random-init Qwen2 biases are zero; make them matter
+        for layer in qwen.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    ids = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(0))
+    llama = zoo.qwen2_as_llama(qwen)
+    assert type(llama).__name__ == "LlamaForCausalLM"
+    torch.testing.assert_close(llama(ids).logits, qwen(ids).logits, rtol=0, atol=1e-5)
+    plain = random_model("llama", vocab_size=64, seed=3)  # without the biases the two differ
+    assert not torch.allclose(plain(ids).logits, qwen(ids).logits, atol=1e-3)
+    with pytest.raises(ValueError, match="takes a Qwen2 model"):
+        zoo.qwen2_as_llama(plain)
