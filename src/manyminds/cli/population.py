@@ -43,11 +43,11 @@ def _fmt(value, pct=True):
 def results_table(results, title: str) -> Table:
     """A rich table of :class:`~manyminds.population.evaluate.ConditionResult` rows."""
     table = Table(title=title)
-    for col in ("condition", "answers/problem", "per-mind acc", "majority acc", "pass@k", "unique answers",
-                "semantic div.", "distinct-2", "self-BLEU", "seconds"):
-        table.add_column(col, justify="left" if col == "condition" else "right")
+    for col in ("condition", "k", "acc/mind", "vote acc", "pass@k", "uniq", "sem div", "dist-2", "self-BLEU", "s"):
+        table.add_column(col, justify="left" if col == "condition" else "right", no_wrap=col == "condition")
     for r in results:
-        table.add_row(r.name, str(r.k), _fmt(r.mean_accuracy), _fmt(r.majority_accuracy), _fmt(r.pass_at_k),
+        table.add_row(r.name.replace("minds sigma=", "minds σ="), str(r.k), _fmt(r.mean_accuracy),
+                      _fmt(r.majority_accuracy), _fmt(r.pass_at_k),
                       f"{r.unique_answers:.2f}", _fmt(r.semantic_diversity, False), _fmt(r.distinct_2, False),
                       _fmt(r.self_bleu, False), f"{r.seconds:.1f}")
     return table

@@ -141,7 +141,7 @@ def plot_sweep(results: Sequence[ConditionResult], path) -> None:
     pops = [r for r in results if r.sigma > 0]
     temp = next((r for r in results if r.name.startswith("temperature")), None)
     sig = [r.sigma for r in pops]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     acc_ax = ax.twinx()
     if all(r.semantic_diversity is not None for r in pops):
         div_name, div = "semantic diversity", [r.semantic_diversity for r in pops]
@@ -166,7 +166,7 @@ def plot_sweep(results: Sequence[ConditionResult], path) -> None:
     acc_ax.set_ylim(0, 1)
     handles = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + acc_ax.get_legend_handles_labels()[1]
-    ax.legend(handles, labels, fontsize=7, loc="upper left")
+    ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     k = pops[0].k if pops else (temp.k if temp else 0)
     ax.set_title(f"Population minds vs temperature sampling ({k} answers per problem)")
     fig.tight_layout()
