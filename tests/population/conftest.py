@@ -3,20 +3,6 @@
 import pytest
 import torch
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
-
-
-@pytest.fixture
-def char_tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture
-def char_qwen2():
-    """A tiny random Qwen2 whose vocabulary matches :func:`build_tokenizer`."""
-    return random_model("qwen2", vocab_size=VOCAB_SIZE, seed=0)
-
 
 @pytest.fixture
 def ids_batch():

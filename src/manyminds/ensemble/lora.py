@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import re
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from manyminds.population.population import check_mind_ids
 
 ENSEMBLE_CONFIG_NAME = "ensemble_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -231,25 +232,12 @@ class EnsembleLoRALayer(nn.Module):
 
 
 def check_member_ids(ids, num_members: int) -> torch.Tensor:
-    """Validate member ids -> a CPU ``LongTensor [B]`` with values in ``[-1, K-1]`` (``-1`` = base)."""
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"member ids must be integers, got a {ids.dtype} tensor")
-        if ids.dim() != 1:
-            raise ValueError(f"member ids must be one id per batch row (a 1-D tensor), got shape "
-                             f"{tuple(ids.shape)}")
-        out = ids.detach().to("cpu", torch.long)
-    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        for i in ids:
-            scalar = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
-            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar):
-                raise TypeError(f"member ids must be integers, got {i!r}")
-        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
-    else:
-        raise TypeError(f"member ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
-    if out.numel() == 0:
-        raise ValueError("member ids are empty; pass one id per batch row")
-    if bool((out < -1).any()) or bool((out >= num_members).any()):
+    """Validate member ids -> a CPU ``LongTensor [B]`` with values in ``[-1, K-1]`` (``-1`` = base).
+
+    The checks of :func:`manyminds.population.population.check_mind_ids` plus the bound K - 1.
+    """
+    out = check_mind_ids(ids, what="member")
+    if bool((out >= num_members).any()):
         raise ValueError(f"member ids must be in [-1, {num_members - 1}] (-1 = base), got {out.tolist()}")
     return out
 

@@ -34,29 +34,30 @@ __all__ = ["Population", "check_mind_ids", "expand_mind_ids"]
 _ACTIVE_MODULES: weakref.WeakSet = weakref.WeakSet()
 
 
-def check_mind_ids(ids) -> torch.Tensor:
-    """Validate mind ids -> a CPU ``LongTensor [B]``.
+def check_mind_ids(ids, what: str = "mind") -> torch.Tensor:
+    """Validate per-row ids -> a CPU ``LongTensor [B]``.
 
     Accepts a list/tuple of ints or an integer tensor ``[B]``; ``-1`` is the unperturbed model.
+    ``what`` names the ids in errors (``"mind"``; the ensemble passes ``"member"``).
     """
     if isinstance(ids, torch.Tensor):
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"mind ids must be integers, got a {ids.dtype} tensor")
+            raise TypeError(f"{what} ids must be integers, got a {ids.dtype} tensor")
         if ids.dim() != 1:
-            raise ValueError(f"mind ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
+            raise ValueError(f"{what} ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
         out = ids.detach().to("cpu", torch.long)
     elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
         for i in ids:
             scalar_tensor = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
             if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar_tensor):
-                raise TypeError(f"mind ids must be integers, got {i!r}")
+                raise TypeError(f"{what} ids must be integers, got {i!r}")
         out = torch.tensor([int(i) for i in ids], dtype=torch.long)
     else:
-        raise TypeError(f"mind ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
+        raise TypeError(f"{what} ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
     if out.numel() == 0:
-        raise ValueError("mind ids are empty; pass one id per batch row")
+        raise ValueError(f"{what} ids are empty; pass one id per batch row")
     if bool((out < -1).any()):
-        raise ValueError(f"mind ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
+        raise ValueError(f"{what} ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
     return out
 
 
