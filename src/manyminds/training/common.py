@@ -143,6 +143,27 @@ class EnsembleTrainerMixin:
 
     ensemble: EnsembleLoRA
 
+    def _init_ensemble_trainer(self, model, args, train_dataset, eval_dataset, processing_class,
+                               kwargs: dict, prepare, collator) -> None:
+        """The shared ``__init__``: wrap ``model`` in an ensemble, tokenize the datasets with
+        ``prepare(dataset, tokenizer, max_length)``, default to ``collator(pad_id)``, then
+        ``Trainer.__init__`` on the ensemble."""
+        if processing_class is None:
+            raise ValueError(f"{type(self).__name__} needs processing_class=<tokenizer>")
+        self.ensemble = build_ensemble(model, args)
+        if train_dataset is not None:
+            train_dataset = prepare(train_dataset, processing_class, args.max_length)
+        if eval_dataset is not None:
+            eval_dataset = prepare(eval_dataset, processing_class, args.max_length)
+        pad = processing_class.pad_token_id
+        pad = processing_class.eos_token_id if pad is None else pad
+        kwargs.setdefault("data_collator", collator(pad))
+        super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by GA steps
+        self.can_return_loss = True  # evaluate() reports eval_loss although batches carry no labels
+        self._init_metrics()
+
     def _init_metrics(self) -> None:
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
                                                            "eval": defaultdict(list)}

@@ -21,7 +21,6 @@ from .common import (
     EnsembleArguments,
     EnsembleTrainerMixin,
     _as_text,
-    build_ensemble,
     encode_pair,
     pad_rows,
     require_columns,
@@ -95,21 +94,8 @@ class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
 
     def __init__(self, model, args: RenyiDPOConfig, train_dataset=None, eval_dataset=None,
                  processing_class=None, **kwargs):
-        if processing_class is None:
-            raise ValueError("RenyiDPOTrainer needs processing_class=<tokenizer>")
-        self.ensemble = build_ensemble(model, args)
-        if train_dataset is not None:
-            train_dataset = prepare_dpo_dataset(train_dataset, processing_class, args.max_length)
-        if eval_dataset is not None:
-            eval_dataset = prepare_dpo_dataset(eval_dataset, processing_class, args.max_length)
-        pad = processing_class.pad_token_id
-        pad = processing_class.eos_token_id if pad is None else pad
-        kwargs.setdefault("data_collator", DPOCollator(pad))
-        super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by GA steps
-        self.can_return_loss = True  # evaluate() reports eval_loss although batches carry no labels
-        self._init_metrics()
+        self._init_ensemble_trainer(model, args, train_dataset, eval_dataset, processing_class, kwargs,
+                                    prepare=prepare_dpo_dataset, collator=DPOCollator)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         K = self.ensemble.num_members
