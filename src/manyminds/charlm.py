@@ -55,14 +55,14 @@ class TrainSettings:
 def training_pool(settings: TrainSettings, per_part: int = 4000) -> list[list[tuple[str, str]]]:
     """Lists of (prompt, completion) pairs per mixture part, from the tasks' train splits."""
     from manyminds.tasks import load_task
+    from manyminds.tasks.arith import problem_space
 
     pools = []
     for i, (kind, knobs, _) in enumerate(settings.mixture):
         seed = settings.seed * 100 + i
         if kind == "arith":
             # small problem spaces (e.g. 1 digit, 2 ops) hold fewer distinct train problems
-            space = (10 ** knobs.get("digits", 2)) ** (knobs.get("ops", 2) + 1) * 2 ** knobs.get("ops", 2)
-            rows = load_task("arith", "train", n=min(per_part, space // 2), seed=seed, **knobs)
+            rows = load_task("arith", "train", n=min(per_part, problem_space(**knobs) // 2), seed=seed, **knobs)
             pools.append([(r["prompt"], r["completion"]) for r in rows])
         elif kind == "terse":
             rows = load_task("prefs", "train", n=max(1, per_part // 4), seed=seed, style_fraction=1.0, **knobs)

@@ -78,6 +78,11 @@ def sample_problem(rng: random.Random, digits: int, ops: int, operators: str) ->
     return ArithProblem(operands, tuple(rng.choice(operators) for _ in range(ops)))
 
 
+def problem_space(digits: int = 1, ops: int = 3, operators: str = "+-") -> int:
+    """How many distinct problems (both splits) the knobs allow: operand choices times operators."""
+    return (10 ** digits) ** (ops + 1) * len(operators) ** ops
+
+
 def check_knobs(digits: int, ops: int, operators: str) -> None:
     if not (isinstance(digits, int) and 1 <= digits <= 6):
         raise ValueError(f"arith: digits must be an integer in [1, 6], got {digits!r}")
