@@ -32,6 +32,10 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                               num_attention_heads=4, max_position_embeddings=256,
                               word_embed_proj_dim=32)),
     "phi": ("PhiConfig", dict(_TINY, num_key_value_heads=4)),
+    # Post-norm ("sandwich") layouts: norms also on the outputs of the attention/MLP branches.
+    "gemma2": ("Gemma2Config", dict(_TINY, num_key_value_heads=2, head_dim=8)),
+    "olmo2": ("Olmo2Config", dict(_TINY, num_key_value_heads=2)),
+    "glm4": ("Glm4Config", dict(_TINY, num_key_value_heads=2, head_dim=8)),
     # Real shapes for benchmarks (random init).
     "qwen2-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864,
                                        num_hidden_layers=24, num_attention_heads=14,
@@ -45,6 +49,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 TINY_FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gpt2", "opt", "phi"]
+POST_NORM_FAMILIES = ["gemma2", "olmo2", "glm4"]
 
 
 def random_config(family: str, vocab_size: int | None = None, **overrides) -> transformers.PretrainedConfig:
@@ -55,7 +60,7 @@ def random_config(family: str, vocab_size: int | None = None, **overrides) -> tr
     kwargs = dict(kwargs)
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
-    if family in TINY_FAMILIES:
+    if family in TINY_FAMILIES or family in POST_NORM_FAMILIES:
         # Keep special ids inside a tiny vocabulary (GPT-2/OPT default to 50256 / 2).
         kwargs.update(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     kwargs.update(overrides)

@@ -4,7 +4,14 @@ A mind's offset on layer ``l`` is ``z = sigma_l * eps``, ``eps ~ N(0, I_H)`` dra
 ``torch.Generator`` seeded with a hash of ``(population seed, mind id, layer key)``. It never
 touches the global RNG, so generation, log-prob recomputation and gradient-checkpoint
 replays all see the same mind, and a mind's noise does not depend on which other minds
-share its batch. The same triple gives the same offsets on the same device type.
+share its batch.
+
+Device independence: the draw always happens on the CPU (torch's CPU Mersenne-Twister
+generator, float32) and is then moved to the norm's device and cast to its dtype. A mind is
+therefore the same mind on every device and engine, up to the rounding of the target dtype:
+mind ``m`` chosen on a GPU is mind ``m`` on a CPU, in an exported checkpoint and inside a
+vLLM worker. (``torch.Generator(device="cuda")`` draws a different stream: measured on an
+H100, CPU- and CUDA-drawn minds differed by as much as a mind's own effect.)
 """
 
 from __future__ import annotations
@@ -29,15 +36,18 @@ def standard_noise(seed: int, mind: int, layer: int, width: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """``eps ~ N(0, I_width)`` of mind ``mind`` on layer ``layer``: float32 ``[width]`` on ``device``.
 
-    Pure: the same arguments give the same tensor (on the same device type); the global
-    RNG is neither read nor advanced.
+    Pure and device-independent: drawn on the CPU from a generator seeded by
+    :func:`mind_seed`, then moved to ``device``, so the values are the same on every device.
+    The global RNG is neither read nor advanced.
     """
     if mind < 0:
         raise ValueError(f"mind ids are >= 0 (-1 means the unperturbed model), got {mind}")
-    device = torch.device(device)
-    gen = torch.Generator(device=device)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int (the norm's output width), got {width!r}")
+    gen = torch.Generator(device="cpu")
     gen.manual_seed(mind_seed(seed, mind, layer))
-    return torch.randn(width, generator=gen, device=device, dtype=torch.float32)
+    eps = torch.randn(width, generator=gen, dtype=torch.float32)  # [width], always drawn on the CPU
+    return eps.to(device)
 
 
 def mind_noise_table(seed: int, minds: Sequence[int], layer: int, width: int, sigma: float,

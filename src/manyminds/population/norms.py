@@ -5,6 +5,19 @@ hidden width: each block's input and post-attention norms (or ``ln_1``/``ln_2``,
 whatever a family calls them) and the final norm. Per-head q/k norms (Qwen3, OLMo-2, ...)
 are left alone by default.
 
+B-Trans perturbs norm outputs that feed linear layers (q/k/v, gate/up, lm_head). Post-norm
+("sandwich") layouts also normalize the *output* of a residual branch before it is added back
+(Gemma-2/3's and OLMo-2's ``post_attention_layernorm`` / ``post_feedforward_layernorm``,
+GLM-4's ``post_self_attn_layernorm`` / ``post_mlp_layernorm``); those feed no linear layer
+and are not perturbed. A block norm is such a branch-output norm when its name is one of
+:data:`BRANCH_OUTPUT_NORMS`, or it is ``post_attention_layernorm`` in a block that also has a
+``post_feedforward_layernorm`` (in Llama-style blocks ``post_attention_layernorm`` is the
+pre-MLP norm and is perturbed). OLMo-2 has no block norm left: only ``norms="final"`` works.
+
+Widths are read from ``normalized_shape``, then a partitioned weight's full shape (DeepSpeed
+ZeRO-3 keeps it in ``weight.ds_shape``), then the weight's shape; a norm whose width cannot be
+read (a weight sharded away to zero elements) counts as hidden-width unless it is a q/k norm.
+
 Norms are found by walking ``model.modules()``, so wrapped models (``PeftModel``,
 ``DistributedDataParallel``, ``torch.compile``'s ``OptimizedModule``) work unchanged and no
 weight is copied. Layers are ordered by block index (norms outside the numbered blocks,
@@ -21,9 +34,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["NORM_SELECTIONS", "NormLayer", "find_norm_layers", "hidden_size_of", "unwrap_model"]
+__all__ = ["BRANCH_OUTPUT_NORMS", "NORM_SELECTIONS", "NormLayer", "find_norm_layers", "hidden_size_of",
+           "unwrap_model"]
 
 NORM_SELECTIONS = ("all", "blocks", "final")
+
+# Leaf names of norms that normalize a residual branch's output (post-norm / sandwich layouts).
+BRANCH_OUTPUT_NORMS = frozenset({"post_feedforward_layernorm", "post_self_attn_layernorm", "post_mlp_layernorm"})
 
 # Last path component of per-head query/key norms.
 _QK_NAMES = re.compile(r"^(q|k|query|key)_?(norm|layernorm|layer_norm|ln)$", re.IGNORECASE)
@@ -95,18 +112,33 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def _width(module: nn.Module) -> int | None:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
-        return int(weight.shape[-1])
+    """The normalized width: ``normalized_shape``, a partitioned weight's full shape, the weight's shape."""
     shape = getattr(module, "normalized_shape", None)
     if shape is not None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return int(shape[-1]) if shape else None
-    for attr in ("hidden_size", "dim", "normalized_shape"):
+        if shape:
+            return int(shape[-1])
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        full = getattr(weight, "ds_shape", None)  # DeepSpeed ZeRO-3 keeps the unpartitioned shape here
+        if full is not None and len(full) >= 1:
+            return int(full[-1])
+        if weight.dim() >= 1 and weight.numel() > 0:
+            return int(weight.shape[-1])
+    for attr in ("hidden_size", "dim"):
         value = getattr(module, attr, None)
         if isinstance(value, int):
             return value
     return None
+
+
+def _is_branch_output(name: str, all_names: set[str]) -> bool:
+    """Whether block norm ``name`` normalizes a residual branch's output (see the module docstring)."""
+    parent, _, leaf = name.rpartition(".")
+    if leaf in BRANCH_OUTPUT_NORMS:
+        return True
+    sibling = f"{parent}.post_feedforward_layernorm" if parent else "post_feedforward_layernorm"
+    return leaf == "post_attention_layernorm" and sibling in all_names
 
 
 def _block_index(name: str) -> int | None:
@@ -138,7 +170,10 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
     hidden = hidden_size_of(model)
     found: list[tuple[tuple, str, nn.Module, str, int | None, int]] = []
     norm_prefixes: list[str] = []
-    for order, (name, module) in enumerate(model.named_modules()):
+    named = list(model.named_modules())
+    all_names = {name for name, _ in named}
+    branch_outputs: list[str] = []
+    for order, (name, module) in enumerate(named):
         if not name or not _is_norm(module):
             continue
         parts = name.split(".")
@@ -148,11 +183,16 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
         if any(name.startswith(p + ".") for p in norm_prefixes):
             continue
         norm_prefixes.append(name)
-        width = _width(module)
         is_qk = bool(_QK_NAMES.match(parts[-1]))
+        width = _width(module)
+        if width is None and not is_qk:
+            width = hidden  # a weight sharded away to nothing: a block/final norm has the hidden width
         if not is_qk and width != hidden:
             continue
         block = _block_index(name)
+        if block is not None and not is_qk and _is_branch_output(name, all_names):
+            branch_outputs.append(name)
+            continue
         kind = "qk" if is_qk else ("block" if block is not None else "final")
         sort_key = (block if block is not None else float("inf"), order)
         found.append((sort_key, name, module, kind, block, width))
@@ -163,11 +203,16 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
         inner = type(unwrap_model(model)).__name__
         raise ValueError(f"{inner} is not supported: no normalization layer with the hidden width "
                          f"({hidden}) was found; populations need RMSNorm/LayerNorm-style norm modules")
+    inner = type(unwrap_model(model)).__name__
+    if norms != "final" and branch_outputs and not any(layer.kind == "block" for layer in layers):
+        raise ValueError(f"{inner} normalizes the outputs of its attention/MLP branches (post-norm layout, "
+                         f"e.g. {branch_outputs[0]}): no block norm feeds a linear layer, so B-Trans minds "
+                         "are not defined on its blocks; use norms='final' to perturb the final norm only")
     wanted = {"all": {"block", "final"}, "blocks": {"block"}, "final": {"final"}}[norms]
     if include_qk_norms:
         wanted = wanted | {"qk"}
     selected = [layer for layer in layers if layer.kind in wanted]
     if not selected:
-        raise ValueError(f"norms={norms!r} selects no layer of {type(unwrap_model(model)).__name__}; "
+        raise ValueError(f"norms={norms!r} selects no layer of {inner}; "
                          "use norms='all'")
     return selected
