@@ -124,3 +124,42 @@ def test_gemma2_minds_change_outputs_and_restore():
         after = model(ids).logits
     assert not torch.allclose(plain, mind)
     assert torch.equal(plain, after)
+
+
+# ----------------------------------------------------------------------------- mind specs
+
+
+def test_spec_rebuilds_the_same_mind_on_a_copy():
+    import copy
+    import json
+
+    model = random_model("qwen2")
+    pop = Population(model, sigma=0.07, seed=11, norms="blocks")
+    spec = json.loads(json.dumps(pop.spec(3).to_dict()))  # travels as JSON (export metadata, vLLM requests)
+    other = Population.from_spec(copy.deepcopy(model), spec)
+    assert other.seed == 11 and other.norms == "blocks" and other.sigma == pytest.approx(0.07)
+    for layer in range(pop.num_layers):
+        assert torch.equal(pop.offsets(3, layer), other.offsets(3, layer))
+
+
+def test_spec_for_a_model_with_other_norms_is_refused():
+    spec = Population(random_model("qwen2"), sigma=0.05).spec(0)
+    with pytest.raises(ValueError, match="made for a model with 5 perturbed norms of width 32.*has 7 of width 32"):
+        Population.from_spec(random_model("qwen2", num_hidden_layers=3), spec)
+    with pytest.raises(ValueError, match="width 48"):
+        Population.from_spec(random_model("qwen2", hidden_size=48), spec)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"seed": 0, "mind": 0}, "missing key"),
+    ({"seed": 0, "mind": 0, "sigma": 0.1, "sigmaa": 1}, "unknown key.*valid keys"),
+    ({"seed": 0, "mind": -2, "sigma": 0.1}, "mind must be >= 0"),
+    ({"seed": 0, "mind": 0, "sigma": -0.1}, "finite and >= 0"),
+    ({"seed": 0, "mind": 0, "sigma": 0.1, "norms": "some"}, "norms must be one of"),
+    ({"seed": "0", "mind": 0, "sigma": 0.1}, "seed must be an int"),
+])
+def test_bad_spec_is_one_clear_error(bad, match):
+    from manyminds.population import MindSpec
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        MindSpec.from_dict(bad)

@@ -9,10 +9,12 @@ from .export import MindExportError, export_mind, fold_mind
 from .noise import NOISE_KINDS, apply_noise, mind_noise_table, mind_seed, standard_noise
 from .norms import NormLayer, find_norm_layers
 from .population import Population, check_mind_ids, expand_mind_ids
+from .spec import MindSpec
 
 __all__ = [
     "NOISE_KINDS",
     "MindExportError",
+    "MindSpec",
     "NormLayer",
     "Population",
     "VoteResult",

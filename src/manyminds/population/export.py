@@ -307,8 +307,7 @@ def export_mind(model_or_population, mind: int, path: str | os.PathLike, tokeniz
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        meta = {"seed": population.seed, "mind": mind, "sigma": population.sigma, "norms": population.norms,
-                "noise": population.noise, "layers": population.layer_names,
+        meta = {**population.spec(mind).to_dict(), "layers": population.layer_names,
                 "source_class": type(unwrap_model(population.model)).__name__}
         (tmp / "manyminds_mind.json").write_text(json.dumps(meta, indent=2))
         if verify:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .noise import NOISE_KINDS, apply_noise, check_sigma, standard_noise
 from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
+from .spec import MindSpec
 
 __all__ = ["Population", "check_mind_ids", "expand_mind_ids"]
 
@@ -169,6 +170,28 @@ class Population:
         model = type(unwrap_model(self.model)).__name__
         return (f"Population({model}, sigma={self.sigma}, seed={self.seed}, norms={self.norms!r}, "
                 f"noise={self.noise!r}, layers={self.num_layers})")
+
+    def spec(self, mind: int) -> MindSpec:
+        """The address of ``mind`` (:class:`~manyminds.population.spec.MindSpec`): rebuilds the same
+        mind on another copy of the model, device or engine."""
+        sigma = self.sigma
+        return MindSpec(seed=self.seed, mind=mind, sigma=tuple(sigma) if isinstance(sigma, list) else sigma,
+                        norms=self.norms, noise=self.noise, include_qk_norms=self.include_qk_norms,
+                        num_layers=self.num_layers, width=self.hidden_size)
+
+    @classmethod
+    def from_spec(cls, model: nn.Module, spec: MindSpec | dict, **kwargs) -> Population:
+        """The population that ``spec`` addresses, on ``model``; the mind is ``spec.mind``.
+
+        Raises:
+            ValueError: the spec was made for a model with other norms (count or width).
+        """
+        spec = MindSpec.from_dict(spec) if isinstance(spec, dict) else spec
+        sigma = list(spec.sigma) if isinstance(spec.sigma, tuple) else spec.sigma
+        layers = find_norm_layers(model, norms=spec.norms, include_qk_norms=spec.include_qk_norms)
+        spec.check_layout(len(layers), hidden_size_of(model), type(unwrap_model(model)).__name__)
+        return cls(model, sigma=sigma, seed=spec.seed, norms=spec.norms, noise=spec.noise,
+                   include_qk_norms=spec.include_qk_norms, **kwargs)
 
     @staticmethod
     def _placement(layer: NormLayer, fallback: nn.Module) -> tuple[torch.device, torch.dtype]:
