@@ -1,6 +1,7 @@
 """Soft specialists: K LoRA members on one frozen base, trained with the alpha-Renyi objective.
 
-- :class:`EnsembleLoRA`: K-member LoRA layers (batched), routing contexts, PEFT save/load.
+- :class:`EnsembleLoRA`: K-member LoRA layers wrapping their targets, explicit routing contexts
+  (``all_members``, ``members``, ``disabled``), PEFT save/load.
 - :func:`renyi_loss`, :func:`renyi_dpo_loss`, :func:`gaussian_prior`: the objectives.
 - :mod:`manyminds.ensemble.uncertainty`: total / aleatoric / epistemic, risk-coverage, AUROC.
 - :mod:`manyminds.ensemble.decoding`: mixture decoding, per-member generation, majority vote.
@@ -14,7 +15,13 @@ from .decoding import (
     member_majority,
     mixture_generate,
 )
-from .lora import EnsembleLoRA, EnsembleLoRAConfig, default_target_modules, match_target_modules
+from .lora import (
+    EnsembleLoRA,
+    EnsembleLoRAConfig,
+    EnsembleLoRALinear,
+    default_target_modules,
+    match_target_modules,
+)
 from .objectives import (
     bradley_terry_logp,
     effective_members,
@@ -31,6 +38,7 @@ from .uncertainty import (
     completion_logps,
     logp_variance,
     risk_coverage,
+    selected_token_logps,
     selective_answer,
     sequence_uncertainty,
     token_uncertainty,
@@ -39,6 +47,7 @@ from .uncertainty import (
 __all__ = [
     "EnsembleLoRA",
     "EnsembleLoRAConfig",
+    "EnsembleLoRALinear",
     "MixtureOutput",
     "answer_disagreement",
     "auroc",
@@ -60,6 +69,7 @@ __all__ = [
     "renyi_value",
     "responsibility_entropy",
     "risk_coverage",
+    "selected_token_logps",
     "selective_answer",
     "sequence_uncertainty",
     "token_uncertainty",

@@ -1,9 +1,10 @@
 """Inference with an ensemble: mixture decoding, per-member generation, majority vote.
 
 Mixture decoding samples from the ensemble's Bayesian predictive ``mean_k p_k(token | prefix)``.
-It runs the K-repeated (member-major) batch through ``model.generate`` with the KV cache; at every
-step a logits processor averages the K members' next-token probabilities of each prompt, picks one
-token from the mixture and forces that same token on all K copies, so the caches stay aligned.
+It runs the K-repeated (member-major) batch through ``model.generate`` with the KV cache, inside
+``ensemble.all_members()``; at every step a logits processor averages the K members' next-token
+probabilities of each prompt, picks one token from the mixture and forces that same token on all
+K copies, so the caches stay aligned.
 """
 
 from __future__ import annotations
@@ -16,19 +17,25 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .lora import EnsembleLoRA
+from .uncertainty import CHUNK_ELEMENTS
 
 
 class MixtureLogitsProcessor(LogitsProcessor):
     """Replace each member row's scores by a one-hot choice drawn from the members' mixture.
 
-    Input scores are ``[K*B, V]`` (member-major). Per step it records the token-level uncertainty
-    of the mixture (total / aleatoric / epistemic, ``[B]`` each) and the mixture log-prob of the
-    chosen token.
+    Input scores are ``[K*B, V]`` (member-major). The mixture is
+    ``mix = mean_k softmax(scores_k / temperature)`` (no temperature when it is 0: greedy). Per step
+    it records the token-level uncertainty of the mixture (total / aleatoric / epistemic, ``[B]``
+    each) and the mixture log-prob of the chosen token. The softmaxes are taken on blocks of
+    prompts of at most ``chunk_elements`` float32 logits.
     """
 
     def __init__(self, num_members: int, temperature: float = 0.0, seed: int = 0,
-                 track_uncertainty: bool = True):
+                 track_uncertainty: bool = True, chunk_elements: int = CHUNK_ELEMENTS):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy on the mixture), got {temperature}")
         self.num_members = num_members
+        self.chunk_elements = chunk_elements
         self.temperature = temperature
         self.seed = seed
         self.track_uncertainty = track_uncertainty
@@ -38,12 +45,23 @@ class MixtureLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         K = self.num_members
         V = scores.shape[-1]
-        logits = scores.float().view(K, -1, V)                          # [K, B, V]
-        if self.temperature > 0:
-            logits = logits / self.temperature
-        logq = torch.log_softmax(logits, dim=-1)                        # [K, B, V]
-        q = logq.exp()
-        mix = q.mean(0)                                                 # [B, V] the predictive
+        logits = scores.view(K, -1, V)                                  # [K, B, V]
+        B = logits.shape[1]
+        mix = torch.empty(B, V, dtype=torch.float32, device=scores.device)  # the predictive
+        total = torch.empty(B, dtype=torch.float32, device=scores.device)
+        aleatoric = torch.empty(B, dtype=torch.float32, device=scores.device)
+        # blocks of prompts: the float32 softmax copies are [K, b, V], never [K, B, V]
+        step = max(1, self.chunk_elements // (K * V))
+        for i in range(0, B, step):
+            block = logits[:, i:i + step].float()                       # [K, b, V]
+            if self.temperature > 0:
+                block = block / self.temperature
+            q = torch.log_softmax(block, dim=-1).exp()                  # [K, b, V]
+            mix[i:i + step] = q.mean(0)
+            if self.track_uncertainty:
+                # the same xlogy for both terms, so K = 1 (or identical members) gives exactly 0 MI
+                aleatoric[i:i + step] = -torch.special.xlogy(q, q).sum(-1).mean(0)  # mean_k H[p_k]
+                total[i:i + step] = -torch.special.xlogy(mix[i:i + step], mix[i:i + step]).sum(-1)
         if self.temperature > 0:
             if self._generator is None or self._generator.device != scores.device:
                 self._generator = torch.Generator(device=scores.device)
@@ -52,9 +70,6 @@ class MixtureLogitsProcessor(LogitsProcessor):
         else:
             chosen = mix.argmax(-1)                                     # [B]
         if self.track_uncertainty:
-            # the same xlogy for both terms, so K = 1 (or identical members) gives exactly 0 MI
-            aleatoric = -torch.special.xlogy(q, q).sum(-1).mean(0)      # mean_k H[p_k]
-            total = -torch.special.xlogy(mix, mix).sum(-1)              # H[mean_k p_k]
             self.steps.append({"token": chosen, "logp": mix.gather(-1, chosen[:, None])[:, 0].log(),
                                "total": total, "aleatoric": aleatoric,
                                "epistemic": (total - aleatoric).clamp_min(0.0)})
@@ -111,9 +126,9 @@ def mixture_generate(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
     processor = MixtureLogitsProcessor(K, temperature=temperature, seed=seed,
                                        track_uncertainty=track_uncertainty)
     rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
-    out = ensemble.model.generate(**rep, max_new_tokens=max_new_tokens, do_sample=False,
-                                  logits_processor=LogitsProcessorList([processor]),
-                                  **generate_kwargs)
+    with ensemble.all_members():
+        out = ensemble.generate(**rep, max_new_tokens=max_new_tokens, do_sample=False,
+                                logits_processor=LogitsProcessorList([processor]), **generate_kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     sequences = sequences.view(K, B, -1)[0]                             # all K copies are equal
     uncertainty = {}
@@ -137,7 +152,8 @@ def generate_members(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
         attention_mask = torch.ones_like(input_ids)
     B = input_ids.shape[0]
     rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
-    out = ensemble.model.generate(**rep, **generate_kwargs)
+    with ensemble.all_members():
+        out = ensemble.generate(**rep, **generate_kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     return sequences.view(K, B, -1)
 

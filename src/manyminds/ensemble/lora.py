@@ -1,19 +1,28 @@
-"""K LoRA members on one frozen base: batched K-member layers, routing contexts, PEFT interop.
+"""K LoRA members on one frozen base: K-member layers that wrap their targets, routing contexts,
+PEFT interop.
 
-Every target module ``y = W x (+ b)`` (``nn.Linear`` or transformers' GPT-2 ``Conv1D``) gets K
-low-rank updates, stacked per module:
+Every target module ``y = W x (+ b)`` (``nn.Linear`` or transformers' GPT-2 ``Conv1D``) is replaced
+in its parent by an :class:`EnsembleLoRALinear` that keeps it as ``base_layer`` (as PEFT's LoRA
+layers do) and holds the K members' low-rank factors, stacked:
 
     y_k = W x + (lora_alpha / r) * B_k A_k dropout(x),   A: [K, r, in],  B: [K, out, r].
 
-The update is added by a forward hook on the target module, so the model's own module tree and
-state dict stay untouched (the hooks are removed by :meth:`EnsembleLoRA.unload`). Three routing
-modes, switched with context managers that restore the previous mode in ``finally``:
+So ``model.to()``, ``model.state_dict()``, FSDP wrapping and ZeRO-3 gathering see the members
+with their layers. :meth:`EnsembleLoRA.unload` puts the original modules back.
 
-- default (all members): the batch is the input repeated K times, member-major: rows
-  ``[k*B, (k+1)*B)`` run member ``k``. One pair of ``torch.bmm`` per module computes all members.
-- ``with ensemble.members(ids)``: row ``b`` runs member ``ids[b]`` (``-1`` = base), for inference;
-  per-row A/B are gathered and applied with ``bmm``. Same id semantics as ``Population.minds``.
-- ``with ensemble.disabled()``: the exact base model (the DPO reference).
+Routing is explicit: a forward outside one of three context managers raises (never a silent
+split). Each restores the previous mode in ``finally``:
+
+- ``with ens.all_members()``: the batch is the input repeated K times, member-major: rows
+  ``[k*B, (k+1)*B)`` run member ``k``; a batch that is not a multiple of K raises. One pair of
+  ``torch.bmm`` per module computes all members.
+- ``with ens.members(ids)``: row ``b`` runs member ``ids[b]`` (``-1`` = base); per-row A/B are
+  gathered and applied with ``bmm``. Same id semantics as ``Population.minds``.
+- ``with ens.disabled()``: the exact base model (the DPO reference).
+
+Gradient checkpointing enabled through :meth:`EnsembleLoRA.gradient_checkpointing_enable` replays
+each checkpointed layer in the routing mode of its forward, so ``backward`` may run after the
+context has exited.
 
 ``save_members(dir)`` writes member ``k`` to ``dir/member_{k}`` as a standard PEFT LoRA adapter;
 ``EnsembleLoRA.from_members(model, dir)`` loads the K adapters back.
@@ -109,9 +118,14 @@ def match_target_modules(model: nn.Module, target_modules: str | Sequence[str]) 
 
 
 def _in_out_features(module: nn.Module) -> tuple[int, int, bool]:
-    """(in_features, out_features, fan_in_fan_out) of a Linear or GPT-2 Conv1D (weight [in, out])."""
+    """(in_features, out_features, fan_in_fan_out) of a Linear or GPT-2 Conv1D (weight [in, out]).
+
+    Read from the module's attributes, not ``weight.shape`` (empty for ZeRO-3-partitioned weights).
+    """
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, False
+    if hasattr(module, "nx") and hasattr(module, "nf"):    # Conv1D(nf=out, nx=in)
+        return module.nx, module.nf, True
     weight = module.weight  # Conv1D stores W as [in, out]
     return weight.shape[0], weight.shape[1], True
 
@@ -157,26 +171,119 @@ class EnsembleLoRAConfig:
             self.target_modules = list(self.target_modules)
 
 
-class EnsembleLoRALayer(nn.Module):
-    """The K members' LoRA factors of one target module.
+NO_ROUTING = ("EnsembleLoRA: no routing context: use `with ens.all_members():` for K*B member-major "
+              "rows, `with ens.members(ids):` per row, or `with ens.disabled():` for the base")
+NO_ROUTING_REPLAY = ("EnsembleLoRA: a gradient-checkpoint replay ran with no routing context: enable "
+                     "checkpointing with ens.gradient_checkpointing_enable() (it replays the routing "
+                     "of each forward), or call backward() inside the routing context")
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (where checkpointed layers are replayed)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+class _Routing:
+    """Routing state shared by the K-member layers of one ensemble.
+
+    ``mode`` is ``None`` (no context: every forward raises), ``"all"`` (member-major K*B rows),
+    ``"disabled"`` (the base) or a CPU ``LongTensor [B]`` of member ids (``-1`` = base).
+    """
+
+    def __init__(self):
+        self.mode: str | torch.Tensor | None = None
+
+    @contextmanager
+    def use(self, mode: str | torch.Tensor | None):
+        """Set ``mode`` inside the context; the previous mode is restored in ``finally``."""
+        previous = self.mode
+        self.mode = mode
+        try:
+            yield
+        finally:
+            self.mode = previous
+
+
+class _RoutedCheckpoint:
+    """A layer's checkpoint function that replays the layer in the routing mode of its forward.
+
+    ``checkpoint(function, *args)`` recomputes ``function`` during ``backward``, when the routing
+    context of the forward has usually exited; the mode is captured at forward time and
+    re-entered around every call of ``function`` (the forward and its replay). A class rather
+    than a closure, so ``copy.deepcopy`` of a model points the copy at the copy's routing.
+    """
+
+    def __init__(self, checkpoint_func, routing: _Routing):
+        self.checkpoint_func = checkpoint_func
+        self.routing = routing
+
+    def __call__(self, function, *args, **kwargs):
+        routing, mode = self.routing, self.routing.mode    # the mode of this forward
+
+        def run(*a, **kw):
+            with routing.use(mode):
+                return function(*a, **kw)
+
+        return self.checkpoint_func(run, *args, **kwargs)
+
+
+class EnsembleLoRALinear(nn.Module):
+    """A target module (``nn.Linear`` or GPT-2 ``Conv1D``) wrapped with the K members' LoRA factors.
+
+    Like PEFT's ``lora.Linear``, the original module is kept as ``base_layer`` and the factors are
+    parameters of the wrapper, so ``model.to()``, ``state_dict()``, FSDP wrapping and ZeRO-3
+    gathering see them next to the weight they modify::
+
+        y = base_layer(x) + (lora_alpha / r) * B_k A_k dropout(x)
+
+    where member ``k`` of a row is chosen by the ensemble's routing (see :class:`EnsembleLoRA`).
+
+    Args:
+        base_layer: the module to wrap (left unchanged; ``EnsembleLoRA.unload`` puts it back).
+        num_members: K >= 1.
+        r: LoRA rank >= 1.
+        lora_alpha: scale numerator, ``scaling = lora_alpha / r``.
+        lora_dropout: dropout on the LoRA input.
+        routing: the routing state shared with the other layers of the ensemble (a fresh one,
+            in no routing mode, if ``None``).
 
     Attributes:
         lora_A: ``[K, r, in]`` (PEFT's ``lora_A.weight`` of member k is ``lora_A[k]``).
         lora_B: ``[K, out, r]`` (PEFT's ``lora_B.weight`` of member k is ``lora_B[k]``).
         scaling: ``lora_alpha / r``.
+        fan_in_fan_out: True for ``Conv1D`` (its weight is stored ``[in, out]``).
     """
 
-    def __init__(self, in_features: int, out_features: int, num_members: int, r: int,
-                 lora_alpha: float, lora_dropout: float, fan_in_fan_out: bool,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(self, base_layer: nn.Module, num_members: int, r: int, lora_alpha: float,
+                 lora_dropout: float = 0.0, routing: _Routing | None = None):
         super().__init__()
+        in_features, out_features, fan_in_fan_out = _in_out_features(base_layer)
+        self.base_layer = base_layer
         self.in_features, self.out_features = in_features, out_features
         self.num_members, self.r = num_members, r
         self.scaling = lora_alpha / r
         self.fan_in_fan_out = fan_in_fan_out
-        self.lora_A = nn.Parameter(torch.zeros(num_members, r, in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(num_members, out_features, r, dtype=dtype, device=device))
+        weight = base_layer.weight
+        # like PEFT's autocast_adapter_dtype: half-precision bases get float32 adapters
+        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        self.lora_A = nn.Parameter(torch.zeros(num_members, r, in_features, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(num_members, out_features, r, dtype=dtype, device=weight.device))
         self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.routing = routing if routing is not None else _Routing()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped module's weight (code that reads ``module.weight`` keeps working)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def extra_repr(self) -> str:
+        return (f"num_members={self.num_members}, r={self.r}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, scaling={self.scaling:g}")
 
     @torch.no_grad()
     def reset_parameters(self, seed: int, layer_index: int, init: str, init_std: float) -> None:
@@ -196,14 +303,30 @@ class EnsembleLoRALayer(nn.Module):
             else:
                 self.lora_B[k].zero_()
 
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        mode = self.routing.mode
+        if mode is None:
+            raise RuntimeError(NO_ROUTING_REPLAY if _in_backward() else NO_ROUTING)
+        result = self.base_layer(x, *args, **kwargs)
+        if isinstance(mode, str):
+            if mode == "disabled":
+                return result
+            delta = self.delta_all(x)
+        else:
+            delta = self.delta_rows(x, mode)
+        return result + delta.to(result.dtype)
+
     def delta_all(self, x: torch.Tensor) -> torch.Tensor:
-        """All members on a member-major batch: ``x [K*B, ..., in] -> [K*B, ..., out]``."""
+        """All members on a member-major batch: ``x [K*B, ..., in] -> [K*B, ..., out]``.
+
+        Rows ``[k*B, (k+1)*B)`` run member ``k``; one pair of ``torch.bmm`` computes all members.
+        """
         K = self.num_members
         if x.shape[0] % K:
             raise ValueError(
-                f"EnsembleLoRA got a batch of {x.shape[0]} rows, not K*B member-major rows for "
-                f"K={K}; repeat the batch with ensemble.repeat_batch(...), or pick members per row "
-                f"with `with ensemble.members(ids):`, or use `with ensemble.disabled():`")
+                f"ens.all_members() needs K*B member-major rows for K={K}, got a batch of "
+                f"{x.shape[0]} rows; repeat the batch with EnsembleLoRA.repeat_batch(batch, {K}), or "
+                f"route rows with `with ens.members(ids):`")
         xs = self.dropout(x.to(self.lora_A.dtype)).reshape(K, -1, self.in_features)  # [K, B*T, in]
         h = torch.bmm(xs, self.lora_A.transpose(1, 2))                                 # [K, B*T, r]
         d = torch.bmm(h, self.lora_B.transpose(1, 2))                                  # [K, B*T, out]
@@ -217,7 +340,7 @@ class EnsembleLoRALayer(nn.Module):
         """
         rows = x.shape[0]
         if rows % ids.shape[0]:
-            raise ValueError(f"ensemble.members(ids) got {ids.shape[0]} ids for a batch of {rows} rows; "
+            raise ValueError(f"ens.members(ids) got {ids.shape[0]} ids for a batch of {rows} rows; "
                              f"pass exactly one id per row (-1 = base)")
         if rows != ids.shape[0]:
             ids = ids.repeat_interleave(rows // ids.shape[0])
@@ -242,18 +365,25 @@ def check_member_ids(ids, num_members: int) -> torch.Tensor:
     return out
 
 
-class _Routing:
-    """Shared routing state read by every layer hook: ``"all"``, ``"disabled"`` or a LongTensor of ids."""
-
-    def __init__(self):
-        self.mode: str | torch.Tensor = "all"
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the submodule ``name`` of ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 class EnsembleLoRA(nn.Module):
     """K LoRA members on one frozen causal LM.
 
-    The model is modified in place: its parameters are frozen and a forward hook is registered on
-    every target module. ``unload()`` removes the hooks and returns the base model.
+    The model is modified in place: its parameters are frozen and every target module is replaced
+    in its parent by an :class:`EnsembleLoRALinear` that wraps it (``ens.lora_layers`` maps the
+    module names to the wrappers). ``unload()`` puts the original modules back.
+
+    Every forward runs in an explicit routing mode; a forward outside the three contexts raises:
+
+    - ``with ens.all_members():`` the batch is the input repeated K times, member-major: rows
+      ``[k*B, (k+1)*B)`` run member ``k`` (any other batch size raises).
+    - ``with ens.members(ids):`` row ``b`` runs member ``ids[b]`` (``-1`` = base).
+    - ``with ens.disabled():`` the exact base model.
 
     Args:
         model: any transformers causal LM.
@@ -268,7 +398,8 @@ class EnsembleLoRA(nn.Module):
 
     Example:
         >>> ens = EnsembleLoRA(model, num_members=4)
-        >>> out = ens(**ens.repeat_batch(batch))         # logits [4*B, T, V], member-major
+        >>> with ens.all_members():                     # logits [4*B, T, V], member-major
+        ...     out = ens(**EnsembleLoRA.repeat_batch(batch, 4))
         >>> with ens.members(torch.tensor([0, 3, -1])):  # per-row members, -1 = base
         ...     out = model.generate(...)
     """
@@ -277,63 +408,65 @@ class EnsembleLoRA(nn.Module):
                  lora_dropout: float = 0.0, target_modules: str | Sequence[str] | None = None,
                  init: str = "peft", init_std: float = 1e-2, seed: int = 0):
         super().__init__()
+        # FSDP's default wrap policy shards per decoder block, as it would for the bare model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
         if isinstance(target_modules, tuple):
             target_modules = list(target_modules)
         self.ensemble_config = EnsembleLoRAConfig(num_members=num_members, r=r, lora_alpha=lora_alpha,
-                                         lora_dropout=lora_dropout, target_modules=target_modules,
-                                         init=init, init_std=init_std, seed=seed)
+                                                  lora_dropout=lora_dropout, target_modules=target_modules,
+                                                  init=init, init_std=init_std, seed=seed)
+        wrapped = [name for name, m in model.named_modules() if isinstance(m, EnsembleLoRALinear)]
+        if wrapped:
+            raise ValueError(f"the model already carries EnsembleLoRA members (e.g. {wrapped[0]!r}); "
+                             f"use that ensemble, or call its unload() first")
         if self.ensemble_config.target_modules is None:
             self.ensemble_config.target_modules = default_target_modules(model)
-        self.model = model
         self.target_names = match_target_modules(model, self.ensemble_config.target_modules)
         self._routing = _Routing()
-        self._handles: list = []
-        self.layers = nn.ModuleDict()
+        # plain dict, not a ModuleDict: the wrappers are registered once, inside the model
+        self.lora_layers: dict[str, EnsembleLoRALinear] = {}
+        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self._checkpoint_funcs: dict[nn.Module, object] = {}
+        layers = {}
+        for index, name in enumerate(self.target_names):
+            layer = EnsembleLoRALinear(model.get_submodule(name), num_members, r, lora_alpha,
+                                       lora_dropout, routing=self._routing)
+            layer.reset_parameters(seed, index, init, init_std)
+            layers[name] = layer
+        self.model = model
+        # swap in only once every wrapper is built, so a failed construction leaves the model as it was
+        try:
+            for name, layer in layers.items():
+                parent, child = _parent(model, name)
+                setattr(parent, child, layer)
+                self.lora_layers[name] = layer
+        except BaseException:
+            self._restore_targets()
+            raise
         for p in model.parameters():
             p.requires_grad_(False)
-        modules = dict(model.named_modules())
-        try:
-            for index, name in enumerate(self.target_names):
-                module = modules[name]
-                fan_in, fan_out, fan_in_fan_out = _in_out_features(module)
-                weight = module.weight
-                # like PEFT's autocast_adapter_dtype: half-precision bases get float32 adapters
-                dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-                layer = EnsembleLoRALayer(fan_in, fan_out, num_members, r, lora_alpha, lora_dropout,
-                                          fan_in_fan_out, dtype, weight.device)
-                layer.reset_parameters(seed, index, init, init_std)
-                self.layers[self._key(name)] = layer
-                self._handles.append(module.register_forward_hook(self._make_hook(layer)))
-        except BaseException:
-            self._remove_hooks()
-            raise
+        for layer in self.lora_layers.values():
+            layer.lora_A.requires_grad_(True)
+            layer.lora_B.requires_grad_(True)
 
     # ------------------------------------------------------------------ basics
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.replace(".", "__")
-
-    def _make_hook(self, layer: EnsembleLoRALayer):
-        routing = self._routing
-
-        def hook(module, args, output):
-            mode = routing.mode
-            if isinstance(mode, str) and mode == "disabled":
-                return output
-            x = args[0]
-            delta = layer.delta_all(x) if isinstance(mode, str) else layer.delta_rows(x, mode)
-            return output + delta.to(output.dtype)
-
-        return hook
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def _restore_targets(self) -> None:
+        for name, layer in self.lora_layers.items():
+            parent, child = _parent(self.model, name)
+            setattr(parent, child, layer.base_layer)
+        self.lora_layers = {}
 
     def unload(self) -> nn.Module:
-        """Remove the hooks and return the base model (its parameters stay frozen)."""
-        self._remove_hooks()
+        """Put the original target modules back and return the base model exactly as it was.
+
+        The parameters get back their ``requires_grad`` flags and checkpointing functions wrapped
+        by :meth:`gradient_checkpointing_enable` are restored; the ensemble is unusable afterwards.
+        """
+        self._unwrap_checkpoint_funcs()
+        self._restore_targets()
+        for name, p in self.model.named_parameters():
+            if name in self._requires_grad:
+                p.requires_grad_(self._requires_grad[name])
         return self.model
 
     @property
@@ -349,28 +482,78 @@ class EnsembleLoRA(nn.Module):
     def r(self) -> int:
         return self.ensemble_config.r
 
+    def _check_routable(self) -> None:
+        if not self.lora_layers:
+            raise RuntimeError("EnsembleLoRA: this ensemble was unloaded; use the model unload() "
+                               "returned, or build a new EnsembleLoRA on it")
+        if self._routing.mode is None:
+            raise RuntimeError(NO_ROUTING)
+
     def forward(self, *args, **kwargs):
-        """The wrapped model's forward, in the current routing mode (default: member-major K*B rows)."""
+        """The wrapped model's forward in the current routing mode (raises outside a routing context)."""
+        self._check_routable()
         return self.model(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
+        """The wrapped model's ``generate`` in the current routing mode (raises outside a context)."""
+        self._check_routable()
         return self.model.generate(*args, **kwargs)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    # ------------------------------------------------------------------ gradient checkpointing
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
         """Checkpoint the base model's layers (the Trainer calls this for ``gradient_checkpointing=True``).
 
-        The base is frozen, so the embeddings' outputs are made to require grad: otherwise a
-        reentrant checkpoint would see no input that needs a gradient and drop the LoRA grads.
+        A checkpointed layer is recomputed during ``backward``, usually after the routing context
+        has exited. Each layer's checkpoint function is therefore wrapped to record the routing
+        mode of its forward and re-enter that mode for the replay (reentrant or not). The base is
+        frozen, so the embeddings' outputs are made to require grad: otherwise a reentrant
+        checkpoint would see no input that needs a gradient and drop the LoRA grads.
         """
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        kwargs = {"every_n_layers": every_n_layers, "offload": offload}
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
+        else:  # transformers < 5.20 only has the older name
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
         self.model.enable_input_require_grads()
+        self._wrap_checkpoint_funcs()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      **kwargs) -> None:
+        """Alias of :meth:`activation_checkpointing_enable` (transformers' older name)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self._unwrap_checkpoint_funcs()
+        if hasattr(self.model, "activation_checkpointing_disable"):
+            self.model.activation_checkpointing_disable()
+        else:
+            self.model.gradient_checkpointing_disable()
 
     def gradient_checkpointing_disable(self) -> None:
-        self.model.gradient_checkpointing_disable()
+        self.activation_checkpointing_disable()
 
+    def _wrap_checkpoint_funcs(self) -> None:
+        for module in self.model.modules():
+            func = module.__dict__.get("_gradient_checkpointing_func")
+            if func is None or (isinstance(func, _RoutedCheckpoint) and func.routing is self._routing):
+                continue
+            self._checkpoint_funcs.setdefault(module, func)
+            module._gradient_checkpointing_func = _RoutedCheckpoint(func, self._routing)
+
+    def _unwrap_checkpoint_funcs(self) -> None:
+        for module, func in self._checkpoint_funcs.items():
+            current = module.__dict__.get("_gradient_checkpointing_func")
+            if isinstance(current, _RoutedCheckpoint) and current.routing is self._routing:
+                module._gradient_checkpointing_func = func
+        self._checkpoint_funcs = {}
+
+    # ------------------------------------------------------------------ parameters
     def lora_parameters(self) -> Iterator[nn.Parameter]:
         """The trainable LoRA tensors (A and B of every target module, all members)."""
-        for layer in self.layers.values():
+        for layer in self.lora_layers.values():
             yield layer.lora_A
             yield layer.lora_B
 
@@ -379,8 +562,7 @@ class EnsembleLoRA(nn.Module):
         if not 0 <= member < self.num_members:
             raise ValueError(f"member must be in [0, {self.num_members - 1}], got {member}")
         out = {}
-        for name in self.target_names:
-            layer = self.layers[self._key(name)]
+        for name, layer in self.lora_layers.items():
             out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[member].detach().contiguous()
             out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[member].detach().contiguous()
         return out
@@ -394,14 +576,20 @@ class EnsembleLoRA(nn.Module):
 
     # ------------------------------------------------------------------ routing contexts
     @contextmanager
+    def all_members(self):
+        """Every member at once: a batch of K*B rows, member-major (rows ``[k*B, (k+1)*B)`` run member k).
+
+        Build the batch with :meth:`repeat_batch`. A forward whose batch is not a multiple of K
+        raises. Exiting (also by an exception) restores the previous mode.
+        """
+        with self._routing.use("all"):
+            yield self
+
+    @contextmanager
     def disabled(self):
         """The exact base model inside the context (no member's update is added)."""
-        previous = self._routing.mode
-        self._routing.mode = "disabled"
-        try:
+        with self._routing.use("disabled"):
             yield self
-        finally:
-            self._routing.mode = previous
 
     @contextmanager
     def members(self, ids: torch.Tensor | Sequence[int]):
@@ -416,19 +604,15 @@ class EnsembleLoRA(nn.Module):
             ValueError: ids out of range, empty, not 1-D, or (at forward time) not matching the batch.
         """
         ids = check_member_ids(ids, self.num_members)
-        previous = self._routing.mode
-        self._routing.mode = ids
-        try:
+        with self._routing.use(ids):
             yield self
-        finally:
-            self._routing.mode = previous
 
     # ------------------------------------------------------------------ PEFT interop
     def _peft_config(self):
         from peft import LoraConfig
 
         name_or_path = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
-        fan_in_fan_out = any(layer.fan_in_fan_out for layer in self.layers.values())
+        fan_in_fan_out = any(layer.fan_in_fan_out for layer in self.lora_layers.values())
         target = self.ensemble_config.target_modules
         return LoraConfig(r=self.r, lora_alpha=self.ensemble_config.lora_alpha,
                           lora_dropout=self.ensemble_config.lora_dropout,
@@ -489,8 +673,7 @@ class EnsembleLoRA(nn.Module):
                 f"r={found_r} or use EnsembleLoRA.from_members(model, {str(directory)!r})")
         for k in range(self.num_members):
             state = load_file(str(directory / f"member_{k}" / ADAPTER_WEIGHTS_NAME))
-            for name in self.target_names:
-                layer = self.layers[self._key(name)]
+            for name, layer in self.lora_layers.items():
                 for part, param in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
                     key = f"base_model.model.{name}.{part}.weight"
                     if key not in state:

@@ -6,6 +6,10 @@ Token level, for the members' next-token distributions ``p_k``:
     total     = H[ mean_k p_k ]
     aleatoric = mean_k H[ p_k ]
     epistemic = total - aleatoric      (the mutual information between token and member, >= 0)
+
+Memory: the logits of K members are ``[K, B, T, V]``; nothing here makes a float32 copy of them.
+Entropies and selected-token log-probs are computed in float32 on blocks of at most
+``chunk_elements`` logits (default :data:`CHUNK_ELEMENTS`, 64 MiB in float32).
 """
 
 from __future__ import annotations
@@ -18,25 +22,92 @@ import torch
 
 from .lora import EnsembleLoRA
 
+CHUNK_ELEMENTS = 2**24
+"""Default float32 elements per chunk of logits (64 MiB): bounds the extra memory of the functions below."""
 
-def token_uncertainty(member_logits: torch.Tensor, mask: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
-    """Total / aleatoric / epistemic uncertainty per position.
+
+def _blocks(rows: int, cols: int, per_position: int, chunk_elements: int):
+    """Index blocks ``(slice over rows, slice over cols)`` covering a ``[rows, cols]`` grid of positions.
+
+    Each block holds at most ``max(1, chunk_elements // per_position)`` positions, so a block of a
+    ``[..., rows, cols, V]`` tensor is taken without copying the whole tensor (slicing two leading
+    dims never needs a reshape of a non-contiguous view).
+    """
+    per_block = max(1, chunk_elements // max(1, per_position))
+    if cols <= per_block:
+        step = per_block // cols
+        for i in range(0, rows, step):
+            yield slice(i, i + step), slice(None)
+    else:
+        for i in range(rows):
+            for j in range(0, cols, per_block):
+                yield slice(i, i + 1), slice(j, j + per_block)
+
+
+def selected_token_logps(logits: torch.Tensor, labels: torch.Tensor,
+                         chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """``log softmax(logits)[label]`` per position, without a float32 copy of all the logits.
+
+    ``logits[n, t, labels[n, t]] - logsumexp_v logits[n, t, v]``, computed in float32 on blocks of
+    at most ``chunk_elements`` logits (as TRL's ``selective_log_softmax``), so the extra memory is
+    one block, not ``[N, T, V]``.
 
     Args:
-        member_logits: ``[K, B, T, V]`` (or ``[K, B, V]``) logits of each member.
-        mask: optional ``[B, T]`` 0/1; masked positions are set to 0.
+        logits: ``[N, T, V]`` (any float dtype; may be a non-contiguous view such as ``x[:, :-1]``).
+        labels: ``[N, T]`` token ids.
+        chunk_elements: float32 elements per block (default 2**24).
 
     Returns:
-        dict with ``total``, ``aleatoric``, ``epistemic``, each ``[B, T]`` (nats).
+        ``[N, T]`` float32 log-probs.
     """
-    K = member_logits.shape[0]
-    logq = torch.log_softmax(member_logits.float(), dim=-1)           # [K, B, T, V]
-    aleatoric = -(logq.exp() * logq).sum(-1).mean(0)                  # [B, T]
-    log_mix = torch.logsumexp(logq, dim=0) - math.log(K)              # [B, T, V]
-    total = -(log_mix.exp() * log_mix).sum(-1)                        # [B, T]
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"selected_token_logps needs logits [N, T, V] and labels [N, T], got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    N, T, V = logits.shape
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    out = torch.empty(N, T, dtype=dtype, device=logits.device)
+    for rows, cols in _blocks(N, T, V, chunk_elements):
+        block = logits[rows, cols].to(dtype)                              # [n, t, V]
+        picked = block.gather(-1, labels[rows, cols].unsqueeze(-1)).squeeze(-1)
+        out[rows, cols] = picked - block.logsumexp(-1)
+    return out
+
+
+def token_uncertainty(member_logits: torch.Tensor, mask: torch.Tensor | None = None,
+                      chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Total / aleatoric / epistemic uncertainty per position.
+
+    With ``log p_k = log_softmax(logits_k)``:
+    ``aleatoric = mean_k H[p_k]``, ``total = H[mean_k p_k]``, ``epistemic = total - aleatoric``
+    (clamped at 0). Computed in float32 on blocks of positions, so the extra memory is one block of
+    at most ``chunk_elements`` logits, never a float32 copy of ``[K, B, T, V]``.
+
+    Args:
+        member_logits: ``[K, B, T, V]`` (or ``[K, B, V]``) logits of each member; any float dtype,
+            may be a non-contiguous view.
+        mask: optional ``[B, T]`` 0/1; masked positions are set to 0.
+        chunk_elements: float32 logits per block (default 2**24).
+
+    Returns:
+        dict with ``total``, ``aleatoric``, ``epistemic``, each ``[B, T]`` (``[B]`` for 3-D input), nats.
+    """
+    squeeze = member_logits.dim() == 3
+    x = member_logits.unsqueeze(2) if squeeze else member_logits      # [K, B, T, V]
+    if x.dim() != 4:
+        raise ValueError(f"member_logits must be [K, B, T, V] or [K, B, V], got {tuple(member_logits.shape)}")
+    K, B, T, V = x.shape
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    total = torch.empty(B, T, dtype=dtype, device=x.device)
+    aleatoric = torch.empty(B, T, dtype=dtype, device=x.device)
+    for rows, cols in _blocks(B, T, K * V, chunk_elements):
+        logq = torch.log_softmax(x[:, rows, cols].to(dtype), dim=-1)   # [K, b, t, V]
+        aleatoric[rows, cols] = -(logq.exp() * logq).sum(-1).mean(0)   # [b, t]
+        log_mix = torch.logsumexp(logq, dim=0) - math.log(K)           # [b, t, V]
+        total[rows, cols] = -(log_mix.exp() * log_mix).sum(-1)
     epistemic = (total - aleatoric).clamp_min(0.0)
     out = {"total": total, "aleatoric": aleatoric, "epistemic": epistemic}
+    if squeeze:
+        out = {key: value.squeeze(1) for key, value in out.items()}
     if mask is not None:
         out = {key: value * mask.to(value.dtype) for key, value in out.items()}
     return out
@@ -121,46 +192,53 @@ def auroc(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.
 
 
 def completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     completion_mask: torch.Tensor, return_logits: bool = False):
+                     completion_mask: torch.Tensor, return_logits: bool = False,
+                     chunk_elements: int = CHUNK_ELEMENTS):
     """Every member's log-likelihood of the completion tokens, in one batched forward pass.
+
+    Runs the K-repeated batch under ``ensemble.all_members()``; log-probs of the selected tokens
+    only (:func:`selected_token_logps`), so no float32 copy of the ``[K*B, T, V]`` logits is made.
 
     Args:
         input_ids, attention_mask, completion_mask: ``[B, T]`` (prompt + completion, right padded;
             ``completion_mask`` is 1 on completion tokens).
-        return_logits: also return the members' next-token logits ``[K, B, T-1, V]``.
+        return_logits: also return the members' next-token logits ``[K, B, T-1, V]`` (a view of the
+            model's output, in its dtype).
+        chunk_elements: float32 logits per block of the log-prob computation.
 
     Returns:
-        ``token_logps [K, B, T-1]`` (0 outside the completion) and, if asked, the logits.
+        ``token_logps [K, B, T-1]`` float32 (0 outside the completion) and, if asked, the logits.
     """
     K = ensemble.num_members
     B, T = input_ids.shape
     rep = EnsembleLoRA.repeat_batch({"input_ids": input_ids, "attention_mask": attention_mask}, K)
-    logits = ensemble(**rep).logits[:, :-1].float()                    # [K*B, T-1, V]
+    with ensemble.all_members():
+        logits = ensemble(**rep).logits[:, :-1]                         # [K*B, T-1, V] model dtype
     labels = input_ids[:, 1:].repeat(K, 1)                              # [K*B, T-1]
-    token_logps = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    token_logps = selected_token_logps(logits, labels, chunk_elements)   # [K*B, T-1]
     mask = completion_mask[:, 1:].to(token_logps.dtype)
     token_logps = token_logps.view(K, B, T - 1) * mask                  # [K, B, T-1]
     if return_logits:
-        return token_logps, logits.view(K, B, T - 1, -1)
+        return token_logps, logits.view(K, B, T - 1, logits.shape[-1])  # splits dim 0: no copy
     return token_logps
 
 
 @torch.no_grad()
 def base_completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          completion_mask: torch.Tensor) -> torch.Tensor:
+                          completion_mask: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS
+                          ) -> torch.Tensor:
     """The base model's (adapters off) per-token completion log-probs ``[B, T-1]``, one pass of B rows."""
     with ensemble.disabled():
-        logits = ensemble(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    labels = input_ids[:, 1:]
-    token_logps = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        logits = ensemble(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    token_logps = selected_token_logps(logits, input_ids[:, 1:], chunk_elements)
     return token_logps * completion_mask[:, 1:].to(token_logps.dtype)
 
 
 @torch.no_grad()
 def sequence_uncertainty(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
-                         attention_mask: torch.Tensor, completion_mask: torch.Tensor
-                         ) -> dict[str, torch.Tensor]:
-    """Per-example uncertainty of given completions under the ensemble.
+                         attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                         chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Per-example uncertainty of given completions under the ensemble (one K*B forward pass).
 
     Returns:
         dict of ``[B]`` tensors: ``total``, ``aleatoric``, ``epistemic`` (token values averaged over
@@ -168,9 +246,9 @@ def sequence_uncertainty(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
         log-likelihood), and ``member_logps [K, B]``.
     """
     token_logps, logits = completion_logps(ensemble, input_ids, attention_mask, completion_mask,
-                                           return_logits=True)
+                                           return_logits=True, chunk_elements=chunk_elements)
     mask = completion_mask[:, 1:].float()
-    tok = token_uncertainty(logits, mask)
+    tok = token_uncertainty(logits, mask, chunk_elements)
     n = mask.sum(1).clamp_min(1.0)
     logp = token_logps.sum(-1)                                          # [K, B]
     return {"total": tok["total"].sum(1) / n, "aleatoric": tok["aleatoric"].sum(1) / n,
