@@ -34,7 +34,9 @@ def mp_renyi(logp: torch.Tensor, alpha: float) -> float:
             total += -sum(col) / K
         else:
             a = mpmath.mpf(alpha)
-            total += -(1 / a) * mpmath.log1p(sum(mpmath.expm1(a * v) for v in col) / K)
+            # log of the mean directly: mpmath's exponent range keeps exp(a v) exact for a v << 0,
+            # where log1p(mean expm1(a v)) would cancel away all 60 digits (a v ~ -133)
+            total += -(1 / a) * mpmath.log(sum(mpmath.exp(a * v) for v in col) / K)
     return float(total / B)
 
 

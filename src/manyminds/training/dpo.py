@@ -21,7 +21,8 @@ from .common import (
     EnsembleArguments,
     EnsembleTrainerMixin,
     _as_text,
-    encode_pair,
+    completion_logits_kwargs,
+    encode_completions,
     pad_rows,
     require_columns,
     sequence_token_logps,
@@ -51,21 +52,27 @@ class RenyiDPOConfig(EnsembleArguments, TrainingArguments):
 
 
 def prepare_dpo_dataset(dataset, tokenizer, max_length: int | None):
-    """Tokenize prompt/chosen/rejected to ``chosen_ids``, ``chosen_mask``, ``rejected_ids``, ``rejected_mask``."""
+    """Tokenize prompt/chosen/rejected to ``chosen_ids``, ``chosen_mask``, ``rejected_ids``, ``rejected_mask``.
+
+    Over ``max_length`` the prompt is cut from the left (the same cut for both responses) and the
+    responses kept whole, or cut from the right if one alone is too long (:func:`truncate_prompt_left`).
+    """
     if {"chosen_ids", "rejected_ids"} <= set(dataset.column_names):
         return dataset
     require_columns(dataset, ["prompt", "chosen", "rejected"], "DPO needs prompt, chosen, rejected")
 
     def fn(row):
         prompt = _as_text(tokenizer, row["prompt"], prompt=True)
-        out = {}
+        responses = []
         for key in ("chosen", "rejected"):
             response = row[key]
             if not isinstance(response, str):
                 response = _as_text(tokenizer, row["prompt"] + response, prompt=False)[len(prompt):]
-            enc = encode_pair(tokenizer, prompt, response, max_length)
-            out[f"{key}_ids"], out[f"{key}_mask"] = enc["input_ids"], enc["completion_mask"]
-        return out
+            responses.append(response)
+        # one prompt, cut from the left if needed, shared by both responses
+        chosen, rejected = encode_completions(tokenizer, prompt, responses, max_length)
+        return {"chosen_ids": chosen["input_ids"], "chosen_mask": chosen["completion_mask"],
+                "rejected_ids": rejected["input_ids"], "rejected_mask": rejected["completion_mask"]}
 
     return dataset.map(fn, desc="tokenizing")
 
@@ -102,12 +109,17 @@ class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
         ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
         N = ids.shape[0]                     # 2B: chosen rows then rejected rows
         B = N // 2
-        mask = comp[:, 1:].float()           # [2B, T-1]
+        # logits only from the batch's first response token on (the prompt needs no lm_head)
+        keep, trim = completion_logits_kwargs(self.ensemble.model, comp)
+        ids_kept = ids[:, ids.shape[1] - keep:]                                    # [2B, keep]
+        mask = comp[:, ids.shape[1] - keep + 1:].float()                           # [2B, keep-1]
         with torch.no_grad(), self.ensemble.disabled():
-            ref = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            ref_logps = (sequence_token_logps(ref, ids) * mask).sum(-1)            # [2B]
-        outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1), use_cache=False)
-        logps = (sequence_token_logps(outputs.logits, ids.repeat(K, 1)).view(K, N, -1)
+            ref = model(input_ids=ids, attention_mask=attn, use_cache=False, **trim).logits
+            ref_logps = (sequence_token_logps(ref, ids_kept) * mask).sum(-1)       # [2B]
+        with self.ensemble.all_members():   # K*B member-major rows; checkpoint replays keep the mode
+            outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1),
+                            use_cache=False, **trim)
+        logps = (sequence_token_logps(outputs.logits, ids_kept.repeat(K, 1)).view(K, N, -1)
                  * mask).sum(-1)                                                   # [K, 2B]
         chosen, rejected = logps[:, :B], logps[:, B:]                              # [K, B] each
         loss, w = renyi_dpo_loss(chosen, rejected, ref_logps[:B], ref_logps[B:],

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from manyminds.ensemble.objectives import renyi_loss
@@ -22,6 +23,7 @@ from .common import (
     EnsembleArguments,
     EnsembleTrainerMixin,
     _as_text,
+    completion_logits_kwargs,
     encode_pair,
     pad_rows,
     require_columns,
@@ -111,8 +113,13 @@ class RenyiSFTTrainer(EnsembleTrainerMixin, Trainer):
         K = self.ensemble.num_members
         ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
         B, T = ids.shape
-        outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1), use_cache=False)
-        token_logps = sequence_token_logps(outputs.logits, ids.repeat(K, 1))   # [K*B, T-1]
+        # logits only from the batch's first completion token on (the prompt needs no lm_head)
+        keep, trim = completion_logits_kwargs(self.ensemble.model, comp)
+        with self.ensemble.all_members():   # K*B member-major rows; checkpoint replays keep the mode
+            outputs = model(input_ids=ids.repeat(K, 1), attention_mask=attn.repeat(K, 1),
+                            use_cache=False, **trim)
+        token_logps = sequence_token_logps(outputs.logits, ids[:, T - keep:].repeat(K, 1))  # [K*B, keep-1]
+        token_logps = F.pad(token_logps, (T - keep, 0))                       # [K*B, T-1], 0 on the prompt
         mask = comp[:, 1:].to(token_logps.dtype)                               # [B, T-1]
         token_logps = token_logps.view(K, B, T - 1) * mask                     # [K, B, T-1]
         if self.args.routing == "token":
