@@ -8,6 +8,10 @@ from trl import GRPOConfig
 
 MIND_ASSIGNMENTS = ("fresh", "pool")
 MIND_LOGPROBS = ("mean", "mind")
+# TRL 1.16 loss types that weight by an importance ratio of their own which already takes the
+# behaviour policy's correction inside (TRL feeds its vLLM ratio into VESPO's Gamma weights instead of
+# multiplying the per-token loss by it): a second, per-token mind correction on top would double it.
+LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS = ("vespo",)
 
 
 @dataclass
@@ -48,6 +52,12 @@ class PopulationGRPOConfig(GRPOConfig):
                           "min(p_mean / p_mind, cap) with this cap (as TRL's vLLM importance sampling "
                           "correction, token_truncate); None disables it."},
     )
+    mind_eval: bool = field(
+        default=False,
+        metadata={"help": "Evaluation rollouts (eval_strategy) from minds as in training; False (default) "
+                          "generates and scores them with the mean (noise-free) model being trained, so TRL's "
+                          "eval reward measures that model."},
+    )
     mind_norms: str = field(
         default="all",
         metadata={"help": "Which norm layers get offsets (passed to Population(norms=...))."},
@@ -82,6 +92,9 @@ class PopulationGRPOConfig(GRPOConfig):
             if not self.mind_importance_correction > 0:
                 raise ValueError(f"mind_importance_correction is a cap on the importance ratio and must be > 0, "
                                  f"got {self.mind_importance_correction}")
+            if self.loss_type in LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS:
+                raise ValueError(f"loss_type={self.loss_type!r} applies its own importance weights; set "
+                                 f"mind_importance_correction=None, or use a loss_type such as 'dapo' or 'grpo'")
         if self.use_vllm:
             raise ValueError("use_vllm=True is not supported by population GRPO: vLLM cannot run a different mind "
                              "per rollout row; set use_vllm=False (generation runs in transformers)")

@@ -14,22 +14,27 @@ def truncated_importance_ratio(target_logps: torch.Tensor, behaviour_logps: torc
     """Per-token truncated importance ratio ``w = min(exp(log p_target - log p_behaviour), cap)``.
 
     The rollouts were sampled by their minds (behaviour) but the update uses the mean model's
-    log-probs (target); weighting each token's loss by ``w`` corrects the mismatch, truncated at
-    ``cap`` to bound the variance (TRL's ``token_truncate`` vLLM correction, Ionides 2008).
+    log-probs (target); weighting each token's loss by ``w = min(p_mean / p_mind, cap)`` corrects
+    the mismatch, truncated at ``cap`` to bound the variance (TRL's ``token_truncate`` vLLM
+    correction, Ionides 2008).
 
     Args:
         target_logps: ``[B, T]`` log-probs of the sampled tokens under the mean model.
         behaviour_logps: ``[B, T]`` log-probs under each row's own mind.
-        mask: ``[B, T]`` completion mask; masked tokens get ``w = 1``.
+        mask: ``[B, T]`` completion mask; masked tokens get ``w = 1`` (whatever their log-probs,
+            ``-inf`` included).
         cap: truncation ``> 0``.
 
     Returns:
-        ``[B, T]`` float tensor, detached, in ``(0, cap]``.
+        ``[B, T]`` tensor in the log-probs' dtype, detached, in ``[0, cap]``.
     """
     if target_logps.shape != behaviour_logps.shape or target_logps.shape != mask.shape:
         raise ValueError(f"shape mismatch: target {tuple(target_logps.shape)}, behaviour "
                          f"{tuple(behaviour_logps.shape)}, mask {tuple(mask.shape)}")
-    diff = (target_logps - behaviour_logps).detach() * mask
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    diff = (target_logps - behaviour_logps).detach()
+    diff = torch.where(mask.bool(), diff, torch.zeros_like(diff))  # not diff * mask: inf * 0 = nan
     return torch.exp(diff).clamp(max=cap)
 
 

@@ -4,7 +4,9 @@ A thin subclass of ``trl.GRPOTrainer`` (tested with TRL 1.16) that overrides it 
 points, always calling ``super()``:
 
 - ``_generate_single_turn``: assigns one mind id per rollout row (:func:`assign_minds`) and runs
-  TRL's own generation inside ``Population.minds(ids)``;
+  TRL's own generation inside ``Population.minds(ids)``; evaluation rollouts come from the mean
+  model (mind ``-1`` on every row) unless ``mind_eval=True``, so TRL's eval reward measures the
+  model being trained;
 - ``_generate_and_score_completions``: puts the per-row ``mind_ids`` tensor in the batch dict, so
   the ids travel with their rows through TRL's ``shuffle_sequence_dict``/``split_tensor_dict``;
   optionally weights the advantages by the truncated importance ratio mean-model / mind;
@@ -148,6 +150,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
         self.population = self._make_population(self.model)
         self.ref_population = self._make_population(self.ref_model) if self.ref_model is not None else None
         self._mind_calls = 0  # generation calls so far: the only state of the mind assignment
+        self._eval_mind_calls = 0  # evaluation's own counter (mind_eval=True): training's minds never depend on it
         self._rollout_mind_ids: torch.Tensor | None = None  # local rows of the batch being generated/scored
         self._logp_mind_ids: torch.Tensor | None = None  # rows of the log-prob pass under way (None = mean model)
         self._backward_minds: contextlib.ExitStack | None = None  # minds kept active until backward is done
@@ -160,12 +163,25 @@ class PopulationGRPOTrainer(GRPOTrainer):
 
         return Population(model, sigma=self.args.mind_sigma, seed=self.args.mind_seed, norms=self.args.mind_norms)
 
-    def _next_mind_ids(self, rows: int) -> torch.Tensor:
-        ids = assign_minds(self.args.mind_assignment, self._mind_calls, rows,
+    def _next_mind_ids(self, rows: int, mode: str = "train") -> torch.Tensor:
+        """Mind ids ``[rows]`` of the next generation call: assigned minds in training, ``-1`` (the mean
+        model) on every row in evaluation unless ``mind_eval=True``."""
+        if mode == "eval" and not self.args.mind_eval:
+            return torch.full((rows,), -1, dtype=torch.long, device=self.accelerator.device)
+        call = self._mind_calls if mode == "train" else self._eval_mind_calls
+        ids = assign_minds(self.args.mind_assignment, call, rows,
                            process_index=self.accelerator.process_index,
                            num_processes=self.accelerator.num_processes, pool_size=self.args.mind_pool_size)
-        self._mind_calls += 1
+        if mode == "train":
+            self._mind_calls += 1
+        else:
+            self._eval_mind_calls += 1
         return ids.to(self.accelerator.device)
+
+    @staticmethod
+    def _all_mean(ids: torch.Tensor | None) -> bool:
+        """Whether every row of ``ids`` is the mean model (``None`` or all ``-1``)."""
+        return ids is None or bool((ids == -1).all())
 
     @contextlib.contextmanager
     def _logps_under(self, mind_ids: torch.Tensor | None):
@@ -179,13 +195,16 @@ class PopulationGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ TRL override points
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        ids = self._next_mind_ids(len(prompt_ids))
+        mode = "train" if self.model.training else "eval"
+        ids = self._next_mind_ids(len(prompt_ids), mode)
         self._rollout_mind_ids = ids
-        with self.population.minds(ids):
+        # Mean-model rollouts (evaluation by default) run without hooks: exactly the model being trained.
+        context = contextlib.nullcontext() if self._all_mean(ids) else self.population.minds(ids)
+        with context:
             out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                 has_tool_images=has_tool_images)
         # TRL computes old/reference log-probs right after generation, inside the same call.
-        self._logp_mind_ids = ids if self.args.mind_logprobs == "mind" else None
+        self._logp_mind_ids = ids if self.args.mind_logprobs == "mind" and not self._all_mean(ids) else None
         return out
 
     def _generate_and_score_completions(self, inputs):
@@ -195,7 +214,8 @@ class PopulationGRPOTrainer(GRPOTrainer):
             if ids is None or ids.numel() != output["completion_ids"].size(0):
                 raise RuntimeError("population GRPO: mind ids were not assigned to every rollout row")
             output["mind_ids"] = ids
-            if self.args.mind_importance_correction is not None:
+            # Rollouts of the mean model need no correction (the ratio is exactly 1).
+            if self.args.mind_importance_correction is not None and not self._all_mean(ids):
                 self._importance_correct(output)
         finally:
             self._rollout_mind_ids = None
@@ -206,7 +226,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                            **kwargs):
         ids = self._logp_mind_ids
-        if ids is None:
+        if self._all_mean(ids):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
@@ -246,6 +266,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
             self._backward_minds = None
 
     def _compute_loss(self, model, inputs):
+        # Evaluation batches of the mean model carry mind ids -1: their loss runs on the mean model too.
         ids = inputs.get("mind_ids") if self.args.mind_logprobs == "mind" else None
         with self._logps_under(ids):
             return super()._compute_loss(model, inputs)
@@ -264,7 +285,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
                                                        device=rewards_per_func.device)
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [N]
-        mind_ids = self.accelerator.gather(self._rollout_mind_ids)  # [N]
+        mind_ids = self.accelerator.gather(self._rollout_mind_ids)  # [N]; -1 = the mean model
         self._log_population_metrics(mode, final_answers(all_texts), rewards, mind_ids, num_generations)
         return rewards_per_func
 
@@ -307,6 +328,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
         metrics["minds/answer_rate"].append(sum(a is not None for a in answers) / len(answers))
         metrics["minds/frac_groups_zero_reward_var"].append(zero_variance_fraction(rewards, num_generations))
         by_mind = reward_by_mind(rewards.cpu(), mind_ids.cpu())
+        by_mind.pop(-1, None)  # mean-model rollouts (evaluation) are no mind of the population
         if self.args.mind_assignment == "pool":
             for m, r in by_mind.items():
                 metrics[f"minds/reward_by_mind/{m}"].append(r)
