@@ -60,7 +60,7 @@ def test_offsets_follow_the_model_to_another_device_unchanged():
 
 def test_widths_of_partitioned_norm_weights():
     """ZeRO-3 partitions a norm weight to zero elements on most ranks and keeps its full shape in
-    ``weight.ds_shape``; FSDP may leave an empty shard. Widths come from the full shape, then the
+    ``weight.ds_shape``; FSDP1 leaves a flat slice of any length, or an empty one. Widths come from the full shape, then the
     hidden size, never from the empty local shard."""
     model = random_model("llama")
     expected = [(layer.name, layer.width) for layer in find_norm_layers(model)]
@@ -68,8 +68,11 @@ def test_widths_of_partitioned_norm_weights():
     for i, (name, _) in enumerate(expected):
         module = norms[name]
         empty = torch.nn.Parameter(torch.empty(0))
-        if i % 2 == 0:
+        if i % 3 == 0:
             empty.ds_shape = torch.Size([model.config.hidden_size])
+        elif i % 3 == 1:  # FSDP1 with use_orig_params: a flat slice of the rank's shard, any length
+            empty = torch.nn.Parameter(torch.ones(7))
+            empty._fsdp_flattened = True
         module.weight = empty
     assert [(layer.name, layer.width) for layer in find_norm_layers(model)] == expected
 

@@ -16,7 +16,8 @@ pre-MLP norm and is perturbed). OLMo-2 has no block norm left: only ``norms="fin
 
 Widths are read from ``normalized_shape``, then a partitioned weight's full shape (DeepSpeed
 ZeRO-3 keeps it in ``weight.ds_shape``), then the weight's shape; a norm whose width cannot be
-read (a weight sharded away to zero elements) counts as hidden-width unless it is a q/k norm.
+read (a weight sharded to zero elements, or an FSDP1 flat slice) has the hidden width, or the
+config's head width for a q/k norm. (FSDP2's DTensors report their full shape.)
 
 Norms are found by walking ``model.modules()``, so wrapped models (``PeftModel``,
 ``DistributedDataParallel``, ``torch.compile``'s ``OptimizedModule``) work unchanged and no
@@ -123,6 +124,8 @@ def _width(module: nn.Module) -> int | None:
         full = getattr(weight, "ds_shape", None)  # DeepSpeed ZeRO-3 keeps the unpartitioned shape here
         if full is not None and len(full) >= 1:
             return int(full[-1])
+        if getattr(weight, "_fsdp_flattened", False):
+            return None  # FSDP1 (use_orig_params): a flat 1-D slice of any length, not the norm's shape
         if weight.dim() >= 1 and weight.numel() > 0:
             return int(weight.shape[-1])
     for attr in ("hidden_size", "dim"):
@@ -130,6 +133,17 @@ def _width(module: nn.Module) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def _head_dim(model: nn.Module, hidden: int) -> int:
+    """Per-head width of q/k norms from the config (``head_dim``, else hidden / heads)."""
+    config = getattr(unwrap_model(model), "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(text, "head_dim", None)
+    if isinstance(head_dim, int):
+        return head_dim
+    heads = getattr(text, "num_attention_heads", None)
+    return hidden // heads if isinstance(heads, int) and heads else hidden
 
 
 def _is_branch_output(name: str, all_names: set[str]) -> bool:
@@ -185,8 +199,8 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
         norm_prefixes.append(name)
         is_qk = bool(_QK_NAMES.match(parts[-1]))
         width = _width(module)
-        if width is None and not is_qk:
-            width = hidden  # a weight sharded away to nothing: a block/final norm has the hidden width
+        if width is None:  # a weight sharded out of sight: a block/final norm has the hidden width
+            width = _head_dim(model, hidden) if is_qk else hidden
         if not is_qk and width != hidden:
             continue
         block = _block_index(name)
