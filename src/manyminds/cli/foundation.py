@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -13,7 +14,8 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     tasks_app = typer.Typer(help="Bundled verifiable tasks.", no_args_is_help=True)
-    zoo_app = typer.Typer(help="The embedded default models (trained locally, cached).", no_args_is_help=True)
+    zoo_app = typer.Typer(help="The zoo: default models trained locally and pretrained ones converted once, cached.",
+                          no_args_is_help=True)
     app.add_typer(tasks_app, name="tasks")
     app.add_typer(zoo_app, name="zoo")
 
@@ -61,16 +63,18 @@ def register(app: typer.Typer) -> None:
     @zoo_app.command("list")
     def zoo_list():
         """List the zoo models, whether they are built, and their measured accuracy."""
-        from manyminds.zoo import DEFAULT_MODEL, ZOO, model_dir, read_marker
+        from manyminds.zoo import DEFAULT_MODEL, ZOO, GGUFEntry, model_dir, read_marker
 
         table = Table(title="manyminds zoo")
         for col in ("name", "family", "built", "arith test acc (greedy)", "description"):
             table.add_column(col)
         for name, entry in ZOO.items():
             marker = read_marker(model_dir(name), entry)
-            acc = f"{marker['arith_test_greedy_accuracy']:.1%}" if marker else "-"
-            table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), entry.family,
-                          str(model_dir(name)) if marker else "no", acc, entry.description)
+            converted = isinstance(entry, GGUFEntry)
+            acc = f"{marker['arith_test_greedy_accuracy']:.1%}" if marker and not converted else "-"
+            family = f"{entry.family} (from GGUF)" if converted else entry.family
+            table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), family,
+                          str(model_dir(name)) if marker else "no", acc, escape(entry.description))
         console.print(table)
 
     @zoo_app.command("build")
@@ -78,15 +82,28 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument("tiny-arith", help="zoo model name"),
         force: bool = typer.Option(False, help="rebuild even if a complete cache entry exists"),
     ):
-        """Train a zoo model on the bundled tasks and cache it (prints its held-out accuracy)."""
-        from manyminds.zoo import ZOO, build, read_marker
+        """Train a zoo model on the bundled tasks (or convert a pretrained one) and cache it."""
+        from manyminds.zoo import ZOO, GGUFEntry, build, read_marker
+        from manyminds.zoo_gguf import FetchError
 
         if name not in ZOO:
             console.print(f"[red]error:[/red] unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
             raise typer.Exit(2)
-        path = build(name, force=force)
+        try:
+            path = build(name, force=force)
+        except (FetchError, ImportError, FileNotFoundError) as err:
+            console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(1)
         marker = read_marker(path)
         console.print(f"[bold]{name}[/bold] at {path}")
+        if isinstance(ZOO[name], GGUFEntry):
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            console.print(f"converted from {marker['gguf_file']} ({marker['source']}) in "
+                          f"{marker['convert_seconds']:.0f}s; {marker['num_parameters']:,} parameters, "
+                          f"{size / 1e6:.0f} MB on disk; reloaded logits match the GGUF model "
+                          f"(max |diff| {marker['max_logit_diff_vs_gguf']:.1e})")
+            console.print(f"greedy answer to {marker['probe_prompt']!r}: {marker['probe_answer']!r}")
+            return
         console.print(f"held-out arith test accuracy (greedy, 200 problems): "
                       f"[bold]{marker['arith_test_greedy_accuracy']:.1%}[/bold]; "
                       f"trained {marker['train']['steps']} steps in {marker['train_seconds']:.0f}s; "
