@@ -194,7 +194,7 @@ def _memory_worker(spec: dict, queue) -> None:
 
     import torch
 
-    from manyminds.training.common import sequence_token_logps
+    from manyminds.rows import sequence_token_logps
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -350,7 +350,7 @@ def main(argv=None) -> None:
                              "of --members) at each T of --seq")
     parser.add_argument("--logps", default="naive,selective",
                         help="--memory: log-prob code(s) to compare: naive (float32 copy of the logits, "
-                             "before issue 10), selective (manyminds.training.common.sequence_token_logps)")
+                             "before issue 10), selective (manyminds.rows.sequence_token_logps)")
     args = parser.parse_args(argv)
     if args.memory:
         rows = memory_table(args)

@@ -25,7 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from manyminds.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.models import random_model
-from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
+from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.tasks import load_task
 
 # size -> (family, config overrides); "tiny-arith" is the default zoo model's shape.

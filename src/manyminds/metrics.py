@@ -22,6 +22,7 @@ __all__ = [
     "bleu",
     "distinct_n",
     "embed_texts",
+    "majority_share",
     "majority_vote",
     "majority_vote_accuracy",
     "mean_pass_at_k",
@@ -68,6 +69,18 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
         if a is not None and counts[a] == best:
             return a
     raise AssertionError("unreachable")
+
+
+def majority_share(answers: Sequence[str | None]) -> tuple[str | None, float]:
+    """:func:`majority_vote` and its vote share over all voters (``None`` answers included).
+
+    ``(None, 0.0)`` when no answer votes.
+
+    >>> majority_share(["4", "5", "4", None])
+    ('4', 0.5)
+    """
+    answer = majority_vote(answers)
+    return answer, (vote_counts(answers)[answer] / len(answers) if answer is not None else 0.0)
 
 
 def unique_answers(answers: Sequence[str | None]) -> int:

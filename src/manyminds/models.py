@@ -2,7 +2,9 @@
 
 Used by tests (tiny sizes, several architecture families), by benchmarks (real shapes such
 as Qwen2-0.5B or Llama-3.2-1B; speed does not depend on weight values) and by the zoo,
-which trains one of these from scratch.
+which trains one of these from scratch; and the one conversion between architectures that the
+zoo and mind export share: a Qwen2/Mistral model rebuilt as the Llama model computing the same
+function (:func:`llama_equivalent_config`, :func:`rebuild_as`).
 
 Example:
     >>> model = random_model("qwen2", vocab_size=64)          # tiny, float32, eval mode
@@ -86,3 +88,57 @@ def random_model(family: str, vocab_size: int | None = 64, seed: int = 0,
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.to(device).eval()
+
+
+# Config fields a Qwen2 or Mistral config shares with LlamaConfig, same meaning.
+LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
+                "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id",
+                "tie_word_embeddings", "rope_parameters", "attention_dropout")
+
+
+def llama_equivalent_config(config, mlp_bias: bool = False) -> transformers.LlamaConfig | None:
+    """The ``LlamaConfig`` computing what a Qwen2 or Mistral ``config`` computes, or ``None``.
+
+    Qwen2 is Llama with biases on q/k/v; ``attention_bias=True`` adds those and an ``o_proj``
+    bias (zero once rebuilt, :func:`rebuild_as`). Mistral without sliding windows is Llama.
+    ``mlp_bias=True`` also gives the MLP projections (zero) biases, for offsets to fold into.
+    ``None`` for other architectures and for sliding-window attention.
+    """
+    if config.model_type not in ("qwen2", "mistral"):
+        return None
+    if getattr(config, "use_sliding_window", False) or (config.model_type == "mistral" and config.sliding_window):
+        return None
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+        return None
+    fields = {f: getattr(config, f) for f in LLAMA_FIELDS if getattr(config, f, None) is not None}
+    fields.setdefault("head_dim", config.hidden_size // config.num_attention_heads)
+    return transformers.LlamaConfig(**fields, attention_bias=True, mlp_bias=mlp_bias)
+
+
+def rebuild_as(model: torch.nn.Module, config) -> transformers.PreTrainedModel:
+    """A fresh model of ``config`` holding ``model``'s weights, in eval mode, on its device and dtype.
+
+    Parameters that ``model`` lacks must be biases; they are set to zero (tied weights such as
+    ``lm_head.weight`` are shared, not missing). The global RNG is left untouched.
+
+    Raises:
+        ValueError: a weight of ``model`` has no place in the new model, or the new model needs a
+            weight that is not a bias.
+    """
+    dtype = next(model.parameters()).dtype
+    with torch.random.fork_rng(devices=[]):
+        rebuilt = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = rebuilt.load_state_dict(model.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"rebuilding {type(model).__name__} as {type(rebuilt).__name__} left weights "
+                         f"unused: {unexpected[:3]}")
+    params = dict(rebuilt.named_parameters())
+    for key in missing:
+        if not key.endswith("bias") or key not in params:
+            if key.endswith("weight") and getattr(config, "tie_word_embeddings", False):
+                continue
+            raise ValueError(f"rebuilding {type(model).__name__} lost weight {key}")
+        with torch.no_grad():
+            params[key].zero_()
+    return rebuilt.to(next(model.parameters()).device).eval()

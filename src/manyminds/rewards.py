@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from manyminds.metrics import majority_vote
 from manyminds.tasks import extract_answer, verify_answer
 
 ANSWER_COLUMN = "answer"
@@ -124,22 +125,59 @@ def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs) 
 
 format_reward.requires_answer = False
 
+
+def final_answers(completions: Sequence[Any]) -> list[str | None]:
+    """Final ``####`` answer of each completion (string or conversational), ``None`` if absent."""
+    return [extract_answer(completion_text(c)) for c in completions]
+
+
+def majority_agreement(answers: Sequence[str | None], group_ids: Sequence[Any]) -> list[float]:
+    """Reward ``[N]``: 1.0 where an answer equals the majority answer of its group, else 0.0.
+
+    Args:
+        answers: final answer per completion (``None`` = no answer; never rewarded, never votes).
+        group_ids: group key per completion (rollouts of one prompt share a key).
+    """
+    if len(answers) != len(group_ids):
+        raise ValueError(f"got {len(answers)} answers but {len(group_ids)} group ids")
+    groups: dict[Any, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    rewards = [0.0] * len(answers)
+    for rows in groups.values():
+        majority = majority_vote([answers[i] for i in rows])
+        for i in rows:
+            a = answers[i]
+            rewards[i] = float(majority is not None and a is not None and a.strip() == majority)
+    return rewards
+
+
+def majority_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+    """TRL reward function: 1.0 when a completion agrees with the majority answer of its prompt's group.
+
+    Groups are the completions that share a prompt. Standalone (e.g. in a plain ``trl.GRPOTrainer``)
+    this is exact when a whole group is on one process; ``PopulationGRPOTrainer(label_free=True)``
+    recomputes it over the groups gathered from all processes. Never reads the ``answer`` column.
+    """
+    keys = [completion_text(p) if not isinstance(p, str) else p for p in prompts]
+    return majority_agreement(final_answers(completions), keys)
+
+
+majority_vote_reward.requires_answer = False
+
 # name -> reward function, for the CLI and configs.
 REWARDS: dict[str, Callable[..., list[float]]] = {
     "answer": answer_reward,
     "math_verify": math_verify_reward,
     "format": format_reward,
+    "majority_vote": majority_vote_reward,
 }
 
 
 def get_reward(name: str) -> Callable[..., list[float]]:
     """Reward function by name (``"answer"``, ``"math_verify"``, ``"format"``, ``"majority_vote"``)."""
-    if name == "majority_vote":
-        from manyminds.rl.label_free import majority_vote_reward
-
-        return majority_vote_reward
     if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose from: {', '.join([*REWARDS, 'majority_vote'])}")
+        raise ValueError(f"unknown reward {name!r}; choose from: {', '.join(REWARDS)}")
     return REWARDS[name]
 
 

@@ -7,11 +7,11 @@ from manyminds.ensemble import (
     EnsembleLoRA,
     generate_members,
     generate_texts,
-    majority_vote,
     mixture_generate,
     token_uncertainty,
 )
 from manyminds.ensemble.decoding import MixtureLogitsProcessor
+from manyminds.metrics import majority_share
 
 
 def _ensemble(model):
@@ -113,10 +113,10 @@ def test_generate_texts_with_tokenizer(char_qwen2, char_tokenizer):
     assert len(per_member) == 3 and all(len(m) == 2 for m in per_member)
 
 
-def test_majority_vote():
-    assert majority_vote(["4", "5", "4", None]) == ("4", 0.5)
-    assert majority_vote([None, None]) == (None, 0.0)
-    assert majority_vote(["7", "8"]) == ("7", 0.5)
+def test_majority_share():
+    assert majority_share(["4", "5", "4", None]) == ("4", 0.5)
+    assert majority_share([None, None]) == (None, 0.0)
+    assert majority_share(["7", "8"]) == ("7", 0.5)
 
 
 def test_single_member_has_no_epistemic_uncertainty(tiny_qwen2):

@@ -11,11 +11,11 @@ from manyminds.ensemble import (
     completion_logps,
     logp_variance,
     risk_coverage,
-    selected_token_logps,
     selective_answer,
     sequence_uncertainty,
     token_uncertainty,
 )
+from manyminds.rows import selected_log_probs
 
 
 def _entropy(p):
@@ -124,19 +124,19 @@ def test_chunked_token_uncertainty_equals_full_formula(chunk_elements):
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 7, 11 * 5, 2**24])
-def test_selected_token_logps_equals_log_softmax(chunk_elements):
+def test_selected_log_probs_equals_log_softmax(chunk_elements):
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 6, 11, generator=g, dtype=torch.float64) * 4        # [N, T, V]
     labels = torch.randint(0, 11, (3, 5), generator=g)
     ref = logits[:, :-1].log_softmax(-1).gather(-1, labels[..., None])[..., 0]
-    out = selected_token_logps(logits[:, :-1], labels, chunk_elements=chunk_elements)
+    out = selected_log_probs(logits[:, :-1], labels, block_elements=chunk_elements)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    half = selected_token_logps(logits[:, :-1].bfloat16(), labels, chunk_elements=chunk_elements)
+    half = selected_log_probs(logits[:, :-1].bfloat16(), labels, block_elements=chunk_elements)
     assert half.dtype == torch.float32
     ref_half = logits[:, :-1].bfloat16().double().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
     torch.testing.assert_close(half.double(), ref_half, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"logits \[N, T, V\] and labels \[N, T\]"):
-        selected_token_logps(logits, labels)
+    with pytest.raises(ValueError, match=r"logits \[N, T, V\] and index \[N, L<=T\]"):
+        selected_log_probs(logits[:, :4], labels)
 
 
 def test_completion_logps_is_one_all_member_pass(tiny_qwen2):

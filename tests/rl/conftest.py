@@ -41,7 +41,8 @@ def _grpo_kwargs(tmp_path, **over):
     """Tiny, fast GRPO settings: 2 optimizer steps of 4 rollouts, 8 completion tokens."""
     kw = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4,
               "max_completion_length": 8, "max_steps": 2, "learning_rate": 0.1, "logging_steps": 1, "report_to": "none",
-              "save_strategy": "no", "use_cpu": True, "seed": 0, "mind_sigma": 0.5}
+              "save_strategy": "no", "use_cpu": True, "seed": 0, "mind_sigma": 0.5,
+              "bf16": False}  # explicit: TRL's GRPOConfig defaults to bf16, ours to fp32 on CPU
     kw.update(over)
     return kw
 

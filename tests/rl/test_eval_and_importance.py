@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from manyminds.population import Population
-from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
-from manyminds.rl.config import LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS
+from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
+from manyminds.training.grpo_config import LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS
 from manyminds.rl.functional import truncated_importance_ratio
 
 

@@ -5,20 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from manyminds import rewards
 from manyminds.rewards import answer_reward
-from manyminds.rl import (
-    PopulationGRPOConfig,
-    PopulationGRPOTrainer,
-    label_free,
-    majority_vote_reward,
-)
+from manyminds.rl import label_free, majority_vote_reward
+from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 
 
 @pytest.fixture(autouse=True)
 def _first_char_answers(monkeypatch):
     # A random model never writes "####"; take a completion's first character as its "final answer"
     # so that groups disagree and the majority reward has a signal.
-    monkeypatch.setattr(label_free, "extract_answer", lambda text: text[:1] or None)
+    monkeypatch.setattr(rewards, "extract_answer", lambda text: text[:1] or None)
 
 
 def _spy_reward(prompts, completions, **kwargs):

@@ -9,7 +9,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from manyminds.population import Population
 from manyminds.rewards import answer_reward
-from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
+from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 
 
 @pytest.fixture(autouse=True)

@@ -32,17 +32,22 @@ if (FSDP or DEEPSPEED) and not torch.cuda.is_available():
     cpu_fsdp.enable()  # on GPUs accelerate shards by itself
 from torch import nn
 
+from manyminds import rewards
 from manyminds.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.models import random_model
 from manyminds.population import Population, find_norm_layers
-from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer, label_free
 from manyminds.tasks import load_task
-from manyminds.training import RenyiSFTConfig, RenyiSFTTrainer
+from manyminds.training import (
+    PopulationGRPOConfig,
+    PopulationGRPOTrainer,
+    RenyiSFTConfig,
+    RenyiSFTTrainer,
+)
 
 PROBE = "Q: 12+7=\nA:"
 # A random model never writes "####": take the first character as the final answer so that the
 # majority reward (computed over groups gathered from both processes) has a signal.
-label_free.extract_answer = lambda text: text[:1] or None
+rewards.extract_answer = lambda text: text[:1] or None
 
 # (mind ids, grad enabled) of every Population.minds context entered while training
 MIND_CALLS: list[tuple[list[int], bool]] = []

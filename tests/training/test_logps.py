@@ -14,16 +14,11 @@ import pytest
 import torch
 from datasets import Dataset
 
+from manyminds.rows import completion_logits_to_keep, selected_log_probs, sequence_token_logps
 from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig, RenyiSFTTrainer
 from manyminds.training import dpo as dpo_module
 from manyminds.training import sft as sft_module
-from manyminds.training.common import (
-    completion_logits_kwargs,
-    completion_logits_to_keep,
-    model_accepts_logits_to_keep,
-    selected_log_probs,
-    sequence_token_logps,
-)
+from manyminds.training.common import completion_logits_kwargs, model_accepts_logits_to_keep
 
 
 def _naive_token_logps(logits, input_ids):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
+from manyminds.rows import encode_pair, truncate_prompt_left
 from manyminds.tasks import load_task
 from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig
-from manyminds.training.common import encode_pair, truncate_prompt_left
 from manyminds.training.dpo import prepare_dpo_dataset
 from manyminds.training.sft import prepare_sft_dataset
 

@@ -4,14 +4,14 @@
   (``all_members``, ``members``, ``disabled``), PEFT save/load.
 - :func:`renyi_loss`, :func:`renyi_dpo_loss`, :func:`gaussian_prior`: the objectives.
 - :mod:`manyminds.ensemble.uncertainty`: total / aleatoric / epistemic, risk-coverage, AUROC.
-- :mod:`manyminds.ensemble.decoding`: mixture decoding, per-member generation, majority vote.
+- :mod:`manyminds.ensemble.decoding`: mixture decoding, per-member generation, the members' majority vote
+  (:func:`member_majority`, over :func:`manyminds.metrics.majority_share`).
 """
 
 from .decoding import (
     MixtureOutput,
     generate_members,
     generate_texts,
-    majority_vote,
     member_majority,
     mixture_generate,
 )
@@ -38,7 +38,6 @@ from .uncertainty import (
     completion_logps,
     logp_variance,
     risk_coverage,
-    selected_token_logps,
     selective_answer,
     sequence_uncertainty,
     token_uncertainty,
@@ -60,7 +59,6 @@ __all__ = [
     "generate_members",
     "generate_texts",
     "logp_variance",
-    "majority_vote",
     "match_target_modules",
     "member_majority",
     "mixture_generate",
@@ -69,7 +67,6 @@ __all__ = [
     "renyi_value",
     "responsibility_entropy",
     "risk_coverage",
-    "selected_token_logps",
     "selective_answer",
     "sequence_uncertainty",
     "token_uncertainty",

@@ -9,12 +9,13 @@ K copies, so the caches stay aligned.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
+
+from manyminds.metrics import majority_share
 
 from .lora import EnsembleLoRA
 from .uncertainty import CHUNK_ELEMENTS
@@ -158,18 +159,6 @@ def generate_members(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
     return sequences.view(K, B, -1)
 
 
-def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, float]:
-    """Most common non-None answer and its vote share (over all voters, None included).
-
-    Ties go to the answer seen first. ``(None, 0.0)`` when nobody answered.
-    """
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None, 0.0
-    answer, votes = counts.most_common(1)[0]
-    return answer, votes / len(answers)
-
-
 def _tokenize_prompts(tokenizer, prompts: Sequence[str], device) -> dict[str, torch.Tensor]:
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
@@ -220,6 +209,6 @@ def member_majority(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str],
     texts = generate_texts(ensemble, tokenizer, prompts, mode="members",
                            max_new_tokens=max_new_tokens, **generate_kwargs)
     answers = [[extract_answer(t) for t in member] for member in texts]
-    votes = [majority_vote(column) for column in zip(*answers)]
+    votes = [majority_share(column) for column in zip(*answers)]
     return {"answers": answers, "majority": [v[0] for v in votes],
             "agreement": [v[1] for v in votes], "texts": texts}

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from manyminds.population.population import check_mind_ids
+from manyminds.rows import check_row_ids, expand_row_ids
 
 ENSEMBLE_CONFIG_NAME = "ensemble_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -142,23 +142,34 @@ def _generator(seed: int, *keys: int) -> torch.Generator:
 
 @dataclass
 class EnsembleLoRAConfig:
-    """Settings of an :class:`EnsembleLoRA` (option names as in PEFT's ``LoraConfig``)."""
+    """Settings of an :class:`EnsembleLoRA` (option names as in PEFT's ``LoraConfig``).
 
-    num_members: int = field(default=8, metadata={"help": "K, the number of LoRA members (>= 1)."})
+    The one place of these fields and their defaults: ``EnsembleLoRA(model, **fields)`` takes them,
+    and the Renyi trainers' configs inherit them (through
+    :class:`~manyminds.training.common.EnsembleArguments`). The initialization seed is not among
+    them: an ``EnsembleLoRA`` takes ``seed=``, a trainer uses ``TrainingArguments.seed``.
+    """
+
+    num_members: int = field(default=4, metadata={"help": "K, the number of LoRA members (>= 1)."})
     r: int = field(default=8, metadata={"help": "LoRA rank of every member (>= 1)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: scale = lora_alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
-    target_modules: str | list[str] | None = field(
+    target_modules: list[str] | None = field(
         default=None, metadata={"help": "Module names (suffix match) or a regex; None = PEFT's default "
                                         "for the architecture (e.g. q_proj,v_proj; c_attn for GPT-2)."})
     init: str = field(default="peft", metadata={
         "help": "'peft': B = 0 (every member starts as the base), A kaiming-uniform per member; "
                 "'diverse': B ~ N(0, init_std^2) too, so members differ from the first step."})
     init_std: float = field(default=1e-2, metadata={"help": "Std of B when init='diverse'."})
-    seed: int = field(default=0, metadata={"help": "Seed of the initialization (pure function of seed, "
-                                                    "module index, member)."})
 
     def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:      # a config that also inherits TrainingArguments: its checks first
+            parent()
+        self.check_lora_fields()
+
+    def check_lora_fields(self) -> None:
+        """Raise a one-line ``ValueError`` naming the first invalid LoRA field."""
         if not isinstance(self.num_members, int) or self.num_members < 1:
             raise ValueError(f"num_members must be an integer >= 1, got {self.num_members!r}")
         if not isinstance(self.r, int) or self.r < 1:
@@ -241,7 +252,7 @@ class EnsembleLoRALinear(nn.Module):
 
     Args:
         base_layer: the module to wrap (left unchanged; ``EnsembleLoRA.unload`` puts it back).
-        num_members: K >= 1.
+        num_members: K >= 1 (default 4).
         r: LoRA rank >= 1.
         lora_alpha: scale numerator, ``scaling = lora_alpha / r``.
         lora_dropout: dropout on the LoRA input.
@@ -339,12 +350,7 @@ class EnsembleLoRALinear(nn.Module):
         as ``Population.minds`` does.
         """
         rows = x.shape[0]
-        if rows % ids.shape[0]:
-            raise ValueError(f"ens.members(ids) got {ids.shape[0]} ids for a batch of {rows} rows; "
-                             f"pass exactly one id per row (-1 = base)")
-        if rows != ids.shape[0]:
-            ids = ids.repeat_interleave(rows // ids.shape[0])
-        ids = ids.to(x.device)
+        ids = expand_row_ids(ids, rows, what="member", context="ens.members(ids)").to(x.device)
         keep = (ids >= 0).to(self.lora_A.dtype)                 # [N]
         sel = ids.clamp(min=0)
         A = self.lora_A[sel]                                    # [N, r, in]
@@ -357,9 +363,9 @@ class EnsembleLoRALinear(nn.Module):
 def check_member_ids(ids, num_members: int) -> torch.Tensor:
     """Validate member ids -> a CPU ``LongTensor [B]`` with values in ``[-1, K-1]`` (``-1`` = base).
 
-    The checks of :func:`manyminds.population.population.check_mind_ids` plus the bound K - 1.
+    The checks of :func:`manyminds.rows.check_row_ids` plus the bound K - 1.
     """
-    out = check_mind_ids(ids, what="member")
+    out = check_row_ids(ids, what="member")
     if bool((out >= num_members).any()):
         raise ValueError(f"member ids must be in [-1, {num_members - 1}] (-1 = base), got {out.tolist()}")
     return out
@@ -387,7 +393,7 @@ class EnsembleLoRA(nn.Module):
 
     Args:
         model: any transformers causal LM.
-        num_members: K >= 1.
+        num_members: K >= 1 (default 4).
         r: LoRA rank >= 1 (default 8).
         lora_alpha: scale numerator, scale = lora_alpha / r (default 16).
         lora_dropout: dropout on the LoRA input (default 0).
@@ -404,9 +410,12 @@ class EnsembleLoRA(nn.Module):
         ...     out = model.generate(...)
     """
 
-    def __init__(self, model: nn.Module, num_members: int = 8, r: int = 8, lora_alpha: float = 16,
-                 lora_dropout: float = 0.0, target_modules: str | Sequence[str] | None = None,
-                 init: str = "peft", init_std: float = 1e-2, seed: int = 0):
+    def __init__(self, model: nn.Module, num_members: int = EnsembleLoRAConfig.num_members,
+                 r: int = EnsembleLoRAConfig.r, lora_alpha: float = EnsembleLoRAConfig.lora_alpha,
+                 lora_dropout: float = EnsembleLoRAConfig.lora_dropout,
+                 target_modules: str | Sequence[str] | None = EnsembleLoRAConfig.target_modules,
+                 init: str = EnsembleLoRAConfig.init, init_std: float = EnsembleLoRAConfig.init_std,
+                 seed: int = 0):
         super().__init__()
         # FSDP's default wrap policy shards per decoder block, as it would for the bare model
         self._no_split_modules = getattr(model, "_no_split_modules", None)
@@ -414,7 +423,8 @@ class EnsembleLoRA(nn.Module):
             target_modules = list(target_modules)
         self.ensemble_config = EnsembleLoRAConfig(num_members=num_members, r=r, lora_alpha=lora_alpha,
                                                   lora_dropout=lora_dropout, target_modules=target_modules,
-                                                  init=init, init_std=init_std, seed=seed)
+                                                  init=init, init_std=init_std)
+        self.seed = seed
         wrapped = [name for name, m in model.named_modules() if isinstance(m, EnsembleLoRALinear)]
         if wrapped:
             raise ValueError(f"the model already carries EnsembleLoRA members (e.g. {wrapped[0]!r}); "
@@ -649,7 +659,7 @@ class EnsembleLoRA(nn.Module):
                           lambda path, s=state: save_file(s, path, metadata={"format": "pt"}))
             _atomic_write_text(member_dir / ADAPTER_CONFIG_NAME, json.dumps(adapter_config, indent=2))
             paths.append(member_dir)
-        meta = asdict(self.ensemble_config)
+        meta = {**asdict(self.ensemble_config), "seed": self.seed}
         meta["target_names"] = self.target_names
         _atomic_write_text(directory / ENSEMBLE_CONFIG_NAME, json.dumps(meta, indent=2))
         return paths

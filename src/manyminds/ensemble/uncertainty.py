@@ -20,57 +20,12 @@ from collections.abc import Sequence
 
 import torch
 
+from manyminds.rows import LOGPS_BLOCK_ELEMENTS, logit_blocks, selected_log_probs
+
 from .lora import EnsembleLoRA
 
-CHUNK_ELEMENTS = 2**24
+CHUNK_ELEMENTS = LOGPS_BLOCK_ELEMENTS
 """Default float32 elements per chunk of logits (64 MiB): bounds the extra memory of the functions below."""
-
-
-def _blocks(rows: int, cols: int, per_position: int, chunk_elements: int):
-    """Index blocks ``(slice over rows, slice over cols)`` covering a ``[rows, cols]`` grid of positions.
-
-    Each block holds at most ``max(1, chunk_elements // per_position)`` positions, so a block of a
-    ``[..., rows, cols, V]`` tensor is taken without copying the whole tensor (slicing two leading
-    dims never needs a reshape of a non-contiguous view).
-    """
-    per_block = max(1, chunk_elements // max(1, per_position))
-    if cols <= per_block:
-        step = per_block // cols
-        for i in range(0, rows, step):
-            yield slice(i, i + step), slice(None)
-    else:
-        for i in range(rows):
-            for j in range(0, cols, per_block):
-                yield slice(i, i + 1), slice(j, j + per_block)
-
-
-def selected_token_logps(logits: torch.Tensor, labels: torch.Tensor,
-                         chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """``log softmax(logits)[label]`` per position, without a float32 copy of all the logits.
-
-    ``logits[n, t, labels[n, t]] - logsumexp_v logits[n, t, v]``, computed in float32 on blocks of
-    at most ``chunk_elements`` logits (as TRL's ``selective_log_softmax``), so the extra memory is
-    one block, not ``[N, T, V]``.
-
-    Args:
-        logits: ``[N, T, V]`` (any float dtype; may be a non-contiguous view such as ``x[:, :-1]``).
-        labels: ``[N, T]`` token ids.
-        chunk_elements: float32 elements per block (default 2**24).
-
-    Returns:
-        ``[N, T]`` float32 log-probs.
-    """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"selected_token_logps needs logits [N, T, V] and labels [N, T], got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-    N, T, V = logits.shape
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    out = torch.empty(N, T, dtype=dtype, device=logits.device)
-    for rows, cols in _blocks(N, T, V, chunk_elements):
-        block = logits[rows, cols].to(dtype)                              # [n, t, V]
-        picked = block.gather(-1, labels[rows, cols].unsqueeze(-1)).squeeze(-1)
-        out[rows, cols] = picked - block.logsumexp(-1)
-    return out
 
 
 def token_uncertainty(member_logits: torch.Tensor, mask: torch.Tensor | None = None,
@@ -99,7 +54,7 @@ def token_uncertainty(member_logits: torch.Tensor, mask: torch.Tensor | None = N
     dtype = torch.promote_types(x.dtype, torch.float32)
     total = torch.empty(B, T, dtype=dtype, device=x.device)
     aleatoric = torch.empty(B, T, dtype=dtype, device=x.device)
-    for rows, cols in _blocks(B, T, K * V, chunk_elements):
+    for rows, cols in logit_blocks(B, T, K * V, chunk_elements):
         logq = torch.log_softmax(x[:, rows, cols].to(dtype), dim=-1)   # [K, b, t, V]
         aleatoric[rows, cols] = -(logq.exp() * logq).sum(-1).mean(0)   # [b, t]
         log_mix = torch.logsumexp(logq, dim=0) - math.log(K)           # [b, t, V]
@@ -197,7 +152,7 @@ def completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_
     """Every member's log-likelihood of the completion tokens, in one batched forward pass.
 
     Runs the K-repeated batch under ``ensemble.all_members()``; log-probs of the selected tokens
-    only (:func:`selected_token_logps`), so no float32 copy of the ``[K*B, T, V]`` logits is made.
+    only (:func:`manyminds.rows.selected_log_probs`), so no float32 copy of the ``[K*B, T, V]`` logits is made.
 
     Args:
         input_ids, attention_mask, completion_mask: ``[B, T]`` (prompt + completion, right padded;
@@ -215,7 +170,7 @@ def completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, attention_
     with ensemble.all_members():
         logits = ensemble(**rep).logits[:, :-1]                         # [K*B, T-1, V] model dtype
     labels = input_ids[:, 1:].repeat(K, 1)                              # [K*B, T-1]
-    token_logps = selected_token_logps(logits, labels, chunk_elements)   # [K*B, T-1]
+    token_logps = selected_log_probs(logits, labels, chunk_elements)   # [K*B, T-1]
     mask = completion_mask[:, 1:].to(token_logps.dtype)
     token_logps = token_logps.view(K, B, T - 1) * mask                  # [K, B, T-1]
     if return_logits:
@@ -230,7 +185,7 @@ def base_completion_logps(ensemble: EnsembleLoRA, input_ids: torch.Tensor, atten
     """The base model's (adapters off) per-token completion log-probs ``[B, T-1]``, one pass of B rows."""
     with ensemble.disabled():
         logits = ensemble(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    token_logps = selected_token_logps(logits, input_ids[:, 1:], chunk_elements)
+    token_logps = selected_log_probs(logits, input_ids[:, 1:], chunk_elements)
     return token_logps * completion_mask[:, 1:].to(token_logps.dtype)
 
 

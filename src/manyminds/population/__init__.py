@@ -8,7 +8,7 @@ from .decisions import VoteResult, best_of_minds, generate_grid, population_vote
 from .export import MindExportError, export_mind, fold_mind
 from .noise import NOISE_KINDS, apply_noise, mind_noise_table, mind_seed, standard_noise
 from .norms import NormLayer, find_norm_layers
-from .population import Population, check_mind_ids, expand_mind_ids
+from .population import Population
 from .spec import MindSpec
 
 __all__ = [
@@ -20,8 +20,6 @@ __all__ = [
     "VoteResult",
     "apply_noise",
     "best_of_minds",
-    "check_mind_ids",
-    "expand_mind_ids",
     "export_mind",
     "find_norm_layers",
     "fold_mind",

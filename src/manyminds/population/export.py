@@ -33,16 +33,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from manyminds.models import llama_equivalent_config, rebuild_as
+
 from .norms import unwrap_model
 from .population import Population
 
 __all__ = ["MindExportError", "export_mind", "fold_mind"]
 
 # Qwen2 / Mistral -> Llama: config fields with the same meaning.
-_LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-                 "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id",
-                 "tie_word_embeddings", "rope_parameters", "attention_dropout")
 _BIAS_FLAGS = ("attention_bias", "mlp_bias")
 
 
@@ -118,44 +116,12 @@ def _scales_by_one_plus_weight(norm: nn.Module) -> bool:
             weight.copy_(saved)
 
 
-def _llama_equivalent(config):
-    """A LlamaConfig with q/k/v/o and MLP biases describing the same function as a Qwen2 or
-    Mistral config without sliding windows, or ``None``."""
-    from transformers import LlamaConfig
-
-    if config.model_type not in ("qwen2", "mistral"):
-        return None
-    if getattr(config, "use_sliding_window", False) or (config.model_type == "mistral" and config.sliding_window):
-        return None
-    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
-        return None
-    fields = {f: getattr(config, f) for f in _LLAMA_FIELDS if getattr(config, f, None) is not None}
-    fields.setdefault("head_dim", config.hidden_size // config.num_attention_heads)
-    return LlamaConfig(**fields, attention_bias=True, mlp_bias=True)
-
-
 def _rebuild(inner: nn.Module, config) -> nn.Module:
-    """A fresh model of ``config`` holding ``inner``'s weights; new parameters (biases) are zero."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = next(inner.parameters()).dtype
-    with torch.random.fork_rng(devices=[]):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = inner.state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise MindExportError(f"rebuilding {type(inner).__name__} as {type(model).__name__} left weights "
-                              f"unused: {unexpected[:3]}")
-    params = dict(model.named_parameters())
-    for key in missing:
-        if not key.endswith("bias") or key not in params:
-            # tied weights (lm_head.weight) are shared, not missing; anything else is a real gap
-            if key.endswith("weight") and getattr(config, "tie_word_embeddings", False):
-                continue
-            raise MindExportError(f"rebuilding {type(inner).__name__} lost weight {key}")
-        with torch.no_grad():
-            params[key].zero_()
-    return model.to(next(inner.parameters()).device).eval()
+    """:func:`manyminds.models.rebuild_as`, its errors as :class:`MindExportError`."""
+    try:
+        return rebuild_as(inner, config)
+    except ValueError as err:
+        raise MindExportError(str(err)) from None
 
 
 def _needs_bias(model: nn.Module, readers: dict[str, list[str]]) -> list[str]:
@@ -179,7 +145,7 @@ def _plan_model(inner: nn.Module, bias_readers: dict[str, list[str]]) -> nn.Modu
         for flag in flags:
             setattr(config, flag, True)
         candidates.append(config)
-    llama = _llama_equivalent(inner.config)
+    llama = llama_equivalent_config(inner.config, mlp_bias=True)
     if llama is not None:
         candidates.append(llama)
     best = inner

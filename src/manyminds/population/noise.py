@@ -17,7 +17,7 @@ H100, CPU- and CUDA-drawn minds differed by as much as a mind's own effect.)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,18 +51,24 @@ def standard_noise(seed: int, mind: int, layer: int, width: int,
 
 
 def mind_noise_table(seed: int, minds: Sequence[int], layer: int, width: int, sigma: float,
-                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     draw: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
     """Offsets of one layer for a batch of minds: ``[B, width]`` with row ``b`` equal to
     ``sigma * standard_noise(seed, minds[b], layer, width)`` and zeros where ``minds[b] == -1``.
 
     Each distinct mind is drawn once; the result is cast to ``dtype`` after scaling in float32.
+    ``draw(m)``, if given, returns mind ``m``'s ``standard_noise`` (float32 ``[width]`` on
+    ``device``) from elsewhere, e.g. :meth:`Population.noise_vector`'s cache.
     """
     device = torch.device(device)
+    if draw is None:
+        def draw(m: int) -> torch.Tensor:
+            return standard_noise(seed, m, layer, width, device)
     unique = sorted({int(m) for m in minds if int(m) != -1}) if sigma != 0 else []
     # table row 0 is the unperturbed model, row i + 1 is unique[i]: [U + 1, width]
     table = torch.zeros(len(unique) + 1, width, device=device, dtype=torch.float32)
     for i, m in enumerate(unique):
-        table[i + 1] = standard_noise(seed, m, layer, width, device) * float(sigma)
+        table[i + 1] = draw(m) * float(sigma)
     where = {m: i + 1 for i, m in enumerate(unique)}
     index = torch.tensor([where.get(int(m), 0) for m in minds], device=device, dtype=torch.long)
     return table[index].to(dtype)  # [B, width]

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,55 +24,16 @@ from functools import partial
 import torch
 from torch import nn
 
-from .noise import NOISE_KINDS, apply_noise, check_sigma, standard_noise
+from manyminds.rows import check_row_ids, expand_row_ids
+
+from .noise import NOISE_KINDS, apply_noise, check_sigma, mind_noise_table, standard_noise
 from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
 from .spec import MindSpec
 
-__all__ = ["Population", "check_mind_ids", "expand_mind_ids"]
+__all__ = ["Population"]
 
 # Norm modules currently hooked by some minds() context (guards against double perturbation).
 _ACTIVE_MODULES: weakref.WeakSet = weakref.WeakSet()
-
-
-def check_mind_ids(ids, what: str = "mind") -> torch.Tensor:
-    """Validate per-row ids -> a CPU ``LongTensor [B]``.
-
-    Accepts a list/tuple of ints or an integer tensor ``[B]``; ``-1`` is the unperturbed model.
-    ``what`` names the ids in errors (``"mind"``; the ensemble passes ``"member"``).
-    """
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"{what} ids must be integers, got a {ids.dtype} tensor")
-        if ids.dim() != 1:
-            raise ValueError(f"{what} ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
-        out = ids.detach().to("cpu", torch.long)
-    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        for i in ids:
-            scalar_tensor = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
-            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar_tensor):
-                raise TypeError(f"{what} ids must be integers, got {i!r}")
-        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
-    else:
-        raise TypeError(f"{what} ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
-    if out.numel() == 0:
-        raise ValueError(f"{what} ids are empty; pass one id per batch row")
-    if bool((out < -1).any()):
-        raise ValueError(f"{what} ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
-    return out
-
-
-def expand_mind_ids(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Ids for a batch of ``batch_size`` rows: ``ids`` itself, or each id repeated ``n`` times in a
-    row (``repeat_interleave``) when ``batch_size == n * len(ids)``, the way ``generate`` expands
-    rows for ``num_return_sequences`` and beams. Any other size raises ``ValueError``."""
-    n_ids = ids.shape[0]
-    if batch_size == n_ids:
-        return ids
-    if batch_size % n_ids == 0:
-        return ids.repeat_interleave(batch_size // n_ids, dim=0)
-    raise ValueError(f"the minds() context has {n_ids} mind ids but the model got a batch of {batch_size} "
-                     f"rows; pass one id per row (rows may only expand to a multiple n * {n_ids}, "
-                     "as with num_return_sequences)")
 
 
 class _ActiveMinds:
@@ -95,7 +55,7 @@ class _ActiveMinds:
             raise ValueError(f"norm layer {layer} returned shape {tuple(output.shape)}; expected "
                              f"[batch, ..., {base.shape[-1]}]")
         n_ids = base.shape[0]
-        expand_mind_ids(self.ids, rows)  # raises the clear error on a bad batch size
+        expand_row_ids(self.ids, rows)  # raises the clear error on a bad batch size
         z = base if rows == n_ids else base.repeat_interleave(rows // n_ids, dim=0)
         # [B', W] -> [B', 1, ..., 1, W] to broadcast over tokens (and heads)
         z = z.view(rows, *([1] * (output.dim() - 2)), z.shape[-1]).to(output.device, output.dtype)
@@ -236,21 +196,12 @@ class Population:
         return vec
 
     def _layer_offsets(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
-        """Offsets of one layer for a batch of mind ids: ``[B, W]`` in the norm's dtype (equal to
-        :func:`~manyminds.population.noise.mind_noise_table`)."""
+        """Offsets of one layer for a batch of mind ids: ``[B, W]`` in the norm's dtype,
+        :func:`~manyminds.population.noise.mind_noise_table` over the cached noise vectors."""
         spec = self.layers[layer]
         device, dtype = self._placement(spec, self.model)
-        sigma = self.sigmas[layer]
-        id_list = ids.tolist()
-        unique = sorted({m for m in id_list if m != -1}) if sigma != 0 else []
-        if not unique:
-            return torch.zeros(len(id_list), spec.width, device=device, dtype=dtype)
-        zero = torch.zeros(spec.width, device=device, dtype=torch.float32)
-        # row 0 is the unperturbed model, row i + 1 is unique[i]: [U + 1, W]
-        table = torch.stack([zero] + [self.noise_vector(m, layer) for m in unique]) * float(sigma)
-        where = {m: i + 1 for i, m in enumerate(unique)}
-        index = torch.tensor([where.get(m, 0) for m in id_list], device=device, dtype=torch.long)
-        return table[index].to(dtype)  # [B, W]
+        return mind_noise_table(self.seed, ids.tolist(), spec.key, spec.width, self.sigmas[layer], device, dtype,
+                                draw=lambda m: self.noise_vector(m, layer))
 
     # ------------------------------------------------------------------ the minds context
 
@@ -282,7 +233,7 @@ class Population:
         Yields:
             the population.
         """
-        ids = check_mind_ids(ids)
+        ids = check_row_ids(ids)
         if self._active is not None:
             raise RuntimeError("this population already has an active minds() context; nesting is not "
                                "supported: exit it first, or pass all ids to one context")
@@ -334,7 +285,7 @@ class Population:
         if isinstance(prompts, torch.Tensor) or hasattr(prompts, "keys"):
             inputs = {"input_ids": prompts} if isinstance(prompts, torch.Tensor) else dict(prompts)
             rows = inputs["input_ids"].shape[0]
-            ids = check_mind_ids([-1] * rows if minds is None else
+            ids = check_row_ids([-1] * rows if minds is None else
                                  (list(range(minds)) if isinstance(minds, int) else minds))
             if ids.shape[0] != rows:
                 raise ValueError(f"got {ids.shape[0]} mind ids for {rows} input rows; pass one id per row")
@@ -366,7 +317,7 @@ class Population:
         new_tokens = out[:, enc["input_ids"].shape[1]:]  # [B * num_return_sequences, new]
         completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         if return_minds:
-            return completions, expand_mind_ids(ids, len(completions)).tolist()
+            return completions, expand_row_ids(ids, len(completions)).tolist()
         return completions
 
     # ------------------------------------------------------------------ decisions
@@ -397,13 +348,13 @@ class Population:
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be a string or a non-empty list of strings")
         if minds is None:
-            return prompts, check_mind_ids([-1] * len(prompts))
+            return prompts, check_row_ids([-1] * len(prompts))
         if isinstance(minds, int) and not isinstance(minds, bool):
             if minds < 1:
                 raise ValueError(f"minds={minds}: pass a positive number of minds or a list of ids")
             texts = [p for p in prompts for _ in range(minds)]
-            return texts, check_mind_ids(list(range(minds)) * len(prompts))
-        ids = check_mind_ids(minds)
+            return texts, check_row_ids(list(range(minds)) * len(prompts))
+        ids = check_row_ids(minds)
         if len(prompts) == 1:
             return prompts * ids.shape[0], ids
         if ids.shape[0] != len(prompts):

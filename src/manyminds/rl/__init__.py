@@ -1,18 +1,24 @@
-"""Population RL: GRPO with a different mind per rollout, and label-free RL by majority vote.
+"""Population RL math: mind assignment, the label-free (majority-vote) reward, per-group functions.
 
-    >>> from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
+The trainer lives with the other trainers in :mod:`manyminds.training` (``training/grpo.py``),
+which imports this package's math (arrows run one way: training -> rl):
+
+    >>> from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
     >>> from manyminds.rewards import answer_reward
     >>> args = PopulationGRPOConfig("out", mind_sigma=0.02, num_generations=8, max_completion_length=32)
     >>> PopulationGRPOTrainer(model, reward_funcs=answer_reward, args=args, train_dataset=ds,
     ...                       processing_class=tokenizer).train()
 
-Tested with TRL 1.16 (``manyminds.rl.trainer.TESTED_TRL``).
+Tested with TRL 1.16 (``manyminds.training.grpo.TESTED_TRL``).
 """
 
 from manyminds.rl.assignment import assign_minds
-from manyminds.rl.config import PopulationGRPOConfig
 from manyminds.rl.label_free import majority_agreement, majority_vote_reward
-from manyminds.rl.trainer import PopulationGRPOTrainer
 
-__all__ = ["PopulationGRPOConfig", "PopulationGRPOTrainer", "assign_minds", "majority_agreement",
-           "majority_vote_reward"]
+__all__ = ["assign_minds", "majority_agreement", "majority_vote_reward"]
+
+
+def __getattr__(name: str):
+    if name in ("PopulationGRPOConfig", "PopulationGRPOTrainer"):
+        raise AttributeError(f"{name} moved to manyminds.training: `from manyminds.training import {name}`")
+    raise AttributeError(f"module 'manyminds.rl' has no attribute {name!r}")

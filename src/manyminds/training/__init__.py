@@ -1,6 +1,15 @@
-"""Thin transformers ``Trainer`` subclasses for alpha-Renyi ensembles of LoRA members."""
+"""The trainers, side by side: thin subclasses of transformers' ``Trainer`` and TRL's ``GRPOTrainer``.
+
+- :class:`RenyiSFTTrainer` / :class:`RenyiSFTConfig`: alpha-Renyi SFT of a K-member LoRA ensemble.
+- :class:`RenyiDPOTrainer` / :class:`RenyiDPOConfig`: alpha-Renyi DPO of the same ensemble.
+- :class:`PopulationGRPOTrainer` / :class:`PopulationGRPOConfig`: GRPO with a different mind of a
+  population per rollout, and label-free RL by majority vote (the RL math is in :mod:`manyminds.rl`).
+"""
 
 from .dpo import RenyiDPOConfig, RenyiDPOTrainer
+from .grpo import PopulationGRPOTrainer
+from .grpo_config import PopulationGRPOConfig
 from .sft import RenyiSFTConfig, RenyiSFTTrainer
 
-__all__ = ["RenyiDPOConfig", "RenyiDPOTrainer", "RenyiSFTConfig", "RenyiSFTTrainer"]
+__all__ = ["PopulationGRPOConfig", "PopulationGRPOTrainer", "RenyiDPOConfig", "RenyiDPOTrainer",
+           "RenyiSFTConfig", "RenyiSFTTrainer"]

@@ -21,32 +21,26 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from torch import nn
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from manyminds.ensemble.lora import EnsembleLoRA
+from manyminds.ensemble.lora import EnsembleLoRA, EnsembleLoRAConfig
 from manyminds.ensemble.objectives import effective_members, gaussian_prior, responsibility_entropy
+from manyminds.rows import completion_logits_to_keep
 
 MEMBERS_DIR = "members"
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint-N without it is incomplete
 
 
 @dataclass
-class EnsembleArguments:
-    """Ensemble and objective settings shared by :class:`RenyiSFTConfig` and :class:`RenyiDPOConfig`."""
+class EnsembleArguments(EnsembleLoRAConfig):
+    """The ensemble's LoRA fields (inherited from :class:`~manyminds.ensemble.EnsembleLoRAConfig`,
+    defaults included) plus the objective's settings; shared by :class:`RenyiSFTConfig` and
+    :class:`RenyiDPOConfig`. The members' initialization seed is ``TrainingArguments.seed``."""
 
-    num_members: int = field(default=4, metadata={"help": "K, the number of LoRA members (>= 1)."})
     alpha: float = field(default=0.8, metadata={
         "help": "Renyi order in [0, 1]: 0 = deep ensemble (each member fits all data), "
                 "1 = mixture likelihood (complementary specialists)."})
-    r: int = field(default=8, metadata={"help": "LoRA rank of every member (>= 1)."})
-    lora_alpha: float = field(default=16, metadata={"help": "LoRA scale numerator (scale = lora_alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    target_modules: list[str] | None = field(default=None, metadata={
-        "help": "Target module names (suffix match); None = PEFT's default for the architecture."})
-    init: str = field(default="peft", metadata={
-        "help": "'peft' (B = 0, members start as the base) or 'diverse' (small random B)."})
-    init_std: float = field(default=1e-2, metadata={"help": "Std of B for init='diverse'."})
     routing: str = field(default="sequence", metadata={
         "help": "'sequence': one responsibility per example; 'token': one per completion token."})
     prior_weight: float = field(default=1e-4, metadata={"help": "lambda of the Gaussian prior (L2) term."})
@@ -58,12 +52,9 @@ class EnsembleArguments:
         "help": "Set the base model's dropout to 0 (stable reference and responsibilities)."})
 
     def check_ensemble_arguments(self) -> None:
-        if not isinstance(self.num_members, int) or self.num_members < 1:
-            raise ValueError(f"num_members must be an integer >= 1, got {self.num_members!r}")
+        """The objective's checks (the LoRA fields are checked by ``EnsembleLoRAConfig.__post_init__``)."""
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (0 = deep ensemble, 1 = mixture), got {self.alpha}")
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"rank r must be an integer >= 1, got {self.r!r}")
         if self.routing not in ("sequence", "token"):
             raise ValueError(f"routing must be 'sequence' or 'token', got {self.routing!r}")
         if self.prior_sigma <= 0 or self.prior_weight < 0:
@@ -71,6 +62,50 @@ class EnsembleArguments:
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 (a prompt token and a completion token) or None, "
                              f"got {self.max_length}")
+
+
+def check_training_numbers(args) -> None:
+    """Refuse impossible ``TrainingArguments`` numbers that transformers would accept silently.
+
+    ``max_steps``: >= 1, or -1 to train ``num_train_epochs`` epochs (transformers reads 0 and any
+    negative number as "epochs"); ``learning_rate`` > 0; batch size, accumulation steps >= 1;
+    ``logging_steps`` / ``save_steps`` > 0 (a fraction < 1 is a share of the run, as in transformers).
+    """
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"max_steps must be >= 1, or -1 to train for num_train_epochs epochs; got {args.max_steps}")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1, got {args.num_train_epochs}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {args.learning_rate}")
+    if args.per_device_train_batch_size < 1:
+        raise ValueError(f"per_device_train_batch_size must be >= 1, got {args.per_device_train_batch_size}")
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {args.weight_decay}")
+    for name in ("logging_steps", "save_steps"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass
+class RenyiTrainingArguments(EnsembleArguments, TrainingArguments):
+    """``TrainingArguments`` plus the ensemble settings: the base of :class:`RenyiSFTConfig` and
+    :class:`RenyiDPOConfig`.
+
+    Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``, ``remove_unused_columns=False``
+    (the collator needs the tokenized columns), ``report_to="none"``.
+    """
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "External loggers."})
+
+    def __post_init__(self):
+        check_training_numbers(self)  # before transformers' own checks, which accept impossible numbers
+        super().__post_init__()
+        self.check_ensemble_arguments()
 
 
 def ensemble_field_names() -> list[str]:
@@ -85,10 +120,8 @@ def build_ensemble(model: nn.Module, args: EnsembleArguments) -> EnsembleLoRA:
                              f"asks for num_members={args.num_members}, r={args.r}")
         ensemble = model
     else:
-        ensemble = EnsembleLoRA(model, num_members=args.num_members, r=args.r,
-                                lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                                target_modules=args.target_modules, init=args.init,
-                                init_std=args.init_std, seed=args.seed)
+        lora = {f.name: getattr(args, f.name) for f in fields(EnsembleLoRAConfig)}
+        ensemble = EnsembleLoRA(model, **lora, seed=args.seed)
     if args.disable_dropout:
         # the base model's dropout only: the members' lora_dropout (inside their wrappers) stays
         lora_dropout = {id(layer.dropout) for layer in ensemble.lora_layers.values()}
@@ -115,198 +148,6 @@ def _as_text(tokenizer, value, prompt: bool) -> str:
             raise ValueError("conversational columns need a tokenizer with a chat_template")
         return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=prompt)
     raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
-
-
-def truncate_prompt_left(prompt_ids: list[int], completions: list[list[int]], max_length: int | None,
-                         bos_token_id: int | None = None) -> tuple[list[int], list[list[int]]]:
-    """Fit ``prompt + completion`` into ``max_length`` tokens for every completion of one prompt.
-
-    The prompt is cut from the left, keeping its end next to the completion (and its leading BOS
-    token, if it has one and room allows), as TRL's ``truncation_mode="keep_end"`` does for the
-    prompt; the completions stay whole. Only when the longest completion alone does not fit is
-    the prompt cut to its last token and each completion cut from the right, keeping its start
-    (TRL's ``keep_start``). At least one prompt token is kept when the prompt is not empty, so
-    the first completion token is still predicted, and at least one completion token survives
-    (``max_length >= 2``). All completions share the same truncated prompt (a DPO pair compares
-    ``y_w`` and ``y_l`` in the same context).
-
-    Args:
-        prompt_ids: token ids of the prompt (may be empty).
-        completions: token ids of each completion (each non-empty).
-        max_length: the token budget of ``prompt + completion``; ``None`` keeps everything.
-        bos_token_id: kept at position 0 if the prompt starts with it.
-
-    Returns:
-        ``(prompt_ids, completions)`` with ``len(prompt_ids) + len(c) <= max_length`` for each ``c``.
-    """
-    if max_length is None:
-        return list(prompt_ids), [list(c) for c in completions]
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 (a prompt token and a completion token), got {max_length}")
-    longest = max(len(c) for c in completions)
-    room = max(max_length - longest, min(1, len(prompt_ids)))   # prompt tokens kept
-    if room < len(prompt_ids):
-        keep_bos = bos_token_id is not None and prompt_ids[0] == bos_token_id and room >= 2
-        head = list(prompt_ids[:1]) if keep_bos else []
-        prompt_ids = head + list(prompt_ids[len(prompt_ids) - (room - len(head)):])
-    budget = max_length - len(prompt_ids)
-    return list(prompt_ids), [list(c[:budget]) for c in completions]
-
-
-def encode_completions(tokenizer, prompt: str, completions: list[str], max_length: int | None) -> list[dict]:
-    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos) for
-    each completion, truncated by :func:`truncate_prompt_left` (one shared prompt)."""
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    cs = []
-    for completion in completions:
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            c = c + [tokenizer.eos_token_id]
-        if not c:
-            raise ValueError("empty completion (and no eos token): nothing to train on")
-        cs.append(c)
-    p, cs = truncate_prompt_left(p, cs, max_length, tokenizer.bos_token_id)
-    return [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for c in cs]
-
-
-def encode_pair(tokenizer, prompt: str, completion: str, max_length: int | None) -> dict:
-    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos).
-
-    Over ``max_length`` the prompt is cut from the left and the completion kept
-    (:func:`truncate_prompt_left`)."""
-    return encode_completions(tokenizer, prompt, [completion], max_length)[0]
-
-
-def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Right-pad integer lists to ``[N, T_max]``."""
-    T = max(len(r) for r in rows)
-    out = torch.full((len(rows), T), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
-LOGPS_BLOCK_ELEMENTS = 1 << 24
-"""Default size of one block of :func:`selected_log_probs` in logits (16 Mi elements = 64 MiB in float32)."""
-
-
-def _logit_blocks(rows: int, positions: int, vocab: int, block_elements: int):
-    """``(row slice, position slice)`` pairs covering ``[rows, positions]`` in blocks of about
-    ``block_elements`` logits: whole rows when a row fits, else spans of one row."""
-    span = max(1, block_elements // max(1, vocab))          # positions per block
-    if span >= positions:
-        step = max(1, span // max(1, positions))            # whole rows per block
-        for r in range(0, rows, step):
-            yield slice(r, min(rows, r + step)), slice(None)
-    else:
-        for r in range(rows):
-            for t in range(0, positions, span):
-                yield slice(r, r + 1), slice(t, min(positions, t + span))
-
-
-class _SelectedLogProbs(torch.autograd.Function):
-    """``logp[n, t] = logits[n, t, index[n, t]] - logsumexp_v logits[n, t, v]`` block by block.
-
-    Forward upcasts one block at a time (float32, or float64 for float64 logits) and keeps only
-    the per-position ``logsumexp`` ``[N, L]`` besides the logits themselves; backward recomputes
-    the softmax block by block: ``d logp[n, t] / d logits[n, t, v] = 1[v = index[n, t]] - softmax_v``.
-    Positions ``t >= L`` of the logits get a zero gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, index: torch.Tensor, block_elements: int) -> torch.Tensor:
-        N, L = index.shape
-        V = logits.shape[-1]
-        compute = torch.promote_types(logits.dtype, torch.float32)
-        logps = torch.empty(N, L, dtype=compute, device=logits.device)
-        lse = torch.empty(N, L, dtype=compute, device=logits.device)
-        for rows, pos in _logit_blocks(N, L, V, block_elements):
-            x = logits[:, :L][rows, pos].to(compute)                 # [n, l, V], one block
-            lse[rows, pos] = torch.logsumexp(x, dim=-1)
-            logps[rows, pos] = x.gather(-1, index[rows, pos].unsqueeze(-1)).squeeze(-1) - lse[rows, pos]
-        ctx.save_for_backward(logits, index, lse)
-        ctx.block_elements = block_elements
-        return logps
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logps: torch.Tensor):
-        logits, index, lse = ctx.saved_tensors
-        N, L = index.shape
-        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)   # [N, T, V]
-        grad[:, L:] = 0
-        g = grad_logps.to(lse.dtype)
-        for rows, pos in _logit_blocks(N, L, logits.shape[-1], ctx.block_elements):
-            x = logits[:, :L][rows, pos].to(lse.dtype)
-            block = torch.exp(x - lse[rows, pos].unsqueeze(-1))          # softmax, [n, l, V]
-            block.mul_(-g[rows, pos].unsqueeze(-1))
-            block.scatter_add_(-1, index[rows, pos].unsqueeze(-1), g[rows, pos].unsqueeze(-1))
-            grad[:, :L][rows, pos] = block.to(grad.dtype)
-        return grad, None, None
-
-
-def selected_log_probs(logits: torch.Tensor, index: torch.Tensor,
-                       block_elements: int = LOGPS_BLOCK_ELEMENTS) -> torch.Tensor:
-    """``log_softmax(logits)`` at ``index``, without a full-vocabulary copy of the logits.
-
-    ``logp[n, t] = logits[n, t, index[n, t]] - logsumexp_v logits[n, t, v]`` for
-    ``t < L = index.shape[1]`` (``logits[:, L:]`` are ignored and get a zero gradient).
-
-    Same technique as TRL's ``selective_log_softmax`` (gather minus logsumexp, one block at a
-    time), but always computed in float32 (float64 for float64 logits), also for bf16/fp16
-    logits, and with a backward that recomputes the softmax block by block instead of keeping
-    an upcast copy for autograd: extra memory is the ``[N, L]`` logsumexp plus a few float32
-    blocks of ``block_elements`` logits, forward and backward; the gradient itself is
-    ``[N, T, V]`` in the logits' dtype, as for any loss on the logits.
-
-    Args:
-        logits: ``[N, T, V]``, any float dtype (a non-contiguous view is fine; it is not copied).
-        index: ``[N, L]`` integer ids in ``[0, V)`` with ``L <= T``.
-        block_elements: logits per block (default 16 Mi: 64 MiB in float32).
-
-    Returns:
-        ``[N, L]`` log-probs in float32 (float64 for float64 logits).
-    """
-    if logits.dim() != 3 or index.dim() != 2 or index.shape[0] != logits.shape[0] \
-            or index.shape[1] > logits.shape[1]:
-        raise ValueError(f"need logits [N, T, V] and index [N, L<=T], got {tuple(logits.shape)} "
-                         f"and {tuple(index.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
-    if block_elements < 1:
-        raise ValueError(f"block_elements must be >= 1, got {block_elements}")
-    return _SelectedLogProbs.apply(logits, index.long(), int(block_elements))
-
-
-def sequence_token_logps(logits: torch.Tensor, input_ids: torch.Tensor,
-                         block_elements: int = LOGPS_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Log-prob of each next token: logits ``[N, T, V]``, ids ``[N, T]`` -> ``[N, T-1]``.
-
-    ``logp[n, t] = log_softmax(logits[n, t])[input_ids[n, t + 1]]``, computed in float32 by
-    :func:`selected_log_probs` (no float32 copy of all logits; the logits at the last position
-    are unused). With ``logits_to_keep=L`` the model returns the last ``L`` positions: pass
-    ``input_ids[:, -L:]`` to get the log-probs of the last ``L - 1`` tokens.
-    """
-    if input_ids.shape != logits.shape[:2]:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} must match the logits' [N, T] "
-                         f"{tuple(logits.shape[:2])}")
-    return selected_log_probs(logits, input_ids[:, 1:], block_elements)
-
-
-def completion_logits_to_keep(completion_mask: torch.Tensor) -> int:
-    """How many trailing positions of logits the next-token log-probs of the completions need.
-
-    With ``s`` the first position where any row of ``completion_mask [B, T]`` is 1 (at least 1:
-    position 0 is never predicted), the logits at positions ``s - 1 .. T - 1`` suffice, i.e.
-    ``logits_to_keep = T - s + 1``; the prompt before ``s - 1`` needs no ``lm_head``. Exact for
-    any padding side, since rows are cut at the batch's earliest completion token. Returns ``T``
-    (keep all) when the mask is all zero.
-    """
-    T = completion_mask.shape[1]
-    predicted = completion_mask[:, 1:].bool().any(0).nonzero()         # positions t + 1 >= 1
-    if predicted.numel() == 0:
-        return T
-    return T - int(predicted[0, 0])
 
 
 def model_accepts_logits_to_keep(model: nn.Module) -> bool:
@@ -513,10 +354,14 @@ class CheckpointCompletionCallback(TrainerCallback):
         os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
 
 
-def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete ``checkpoint-N`` folder in ``output_dir``: one holding the completion
-    marker (``checkpoint_complete``) that :class:`CheckpointCompletionCallback` writes last.
-    ``None`` if there is none."""
+def last_checkpoint(output_dir: str | os.PathLike, marker: str = COMPLETE_MARKER) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``output_dir``, or ``None`` if there is none.
+
+    Complete = it holds ``marker``, a file its trainer writes last (atomically: temp file + rename),
+    after transformers has written the weights, optimizer and trainer state: ``checkpoint_complete``
+    from :class:`CheckpointCompletionCallback` for the Renyi trainers, ``mind_state.json`` for
+    :class:`~manyminds.training.PopulationGRPOTrainer` (``MIND_STATE_FILE``). A checkpoint cut off
+    by a crash never counts."""
     best, best_step = None, -1
     path = Path(output_dir)
     if not path.is_dir():
@@ -527,7 +372,6 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
                 step = int(child.name.split("-")[-1])
             except ValueError:
                 continue
-            if step > best_step and (child / COMPLETE_MARKER).exists():
+            if step > best_step and (child / marker).exists():
                 best, best_step = str(child), step
     return best
-

@@ -13,38 +13,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from manyminds.ensemble.objectives import renyi_dpo_loss
+from manyminds.rows import encode_completions, pad_rows, sequence_token_logps
 
 from .common import (
-    EnsembleArguments,
     EnsembleTrainerMixin,
+    RenyiTrainingArguments,
     _as_text,
     completion_logits_kwargs,
-    encode_completions,
-    pad_rows,
     require_columns,
-    sequence_token_logps,
 )
 
 
 @dataclass
-class RenyiDPOConfig(EnsembleArguments, TrainingArguments):
-    """``TrainingArguments`` plus the ensemble settings and DPO's ``beta``.
-
-    Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``,
-    ``remove_unused_columns=False``, ``report_to="none"``.
-    """
+class RenyiDPOConfig(RenyiTrainingArguments):
+    """``TrainingArguments`` plus the ensemble settings (:class:`RenyiTrainingArguments`) and DPO's
+    ``beta``, with ``output_dir="runs/dpo"``."""
 
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (> 0)."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "External loggers."})
+    output_dir: str | None = field(default="runs/dpo", metadata={
+        "help": "Checkpoints and the final members (members/member_k) go here."})
 
     def __post_init__(self):
         super().__post_init__()
-        self.check_ensemble_arguments()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.routing != "sequence":

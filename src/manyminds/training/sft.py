@@ -15,37 +15,27 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from manyminds.ensemble.objectives import renyi_loss
+from manyminds.rows import encode_pair, pad_rows, sequence_token_logps
 
 from .common import (
-    EnsembleArguments,
     EnsembleTrainerMixin,
+    RenyiTrainingArguments,
     _as_text,
     completion_logits_kwargs,
-    encode_pair,
-    pad_rows,
     require_columns,
-    sequence_token_logps,
 )
 
 
 @dataclass
-class RenyiSFTConfig(EnsembleArguments, TrainingArguments):
-    """``TrainingArguments`` plus the ensemble settings (:class:`EnsembleArguments`).
+class RenyiSFTConfig(RenyiTrainingArguments):
+    """``TrainingArguments`` plus the ensemble settings (:class:`RenyiTrainingArguments`), with
+    ``output_dir="runs/sft"``."""
 
-    Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``,
-    ``remove_unused_columns=False`` (the collator needs the tokenized columns), ``report_to="none"``.
-    """
-
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "External loggers."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_ensemble_arguments()
+    output_dir: str | None = field(default="runs/sft", metadata={
+        "help": "Checkpoints and the final members (members/member_k) go here."})
 
 
 def prepare_sft_dataset(dataset, tokenizer, max_length: int | None):

@@ -34,21 +34,23 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from manyminds.rewards import check_reward_columns, completion_texts, requires_answer
+from manyminds.rewards import (
+    check_reward_columns,
+    completion_texts,
+    final_answers,
+    majority_vote_reward,
+    requires_answer,
+)
 from manyminds.rl.assignment import assign_minds
-from manyminds.rl.config import PopulationGRPOConfig
 from manyminds.rl.functional import (
     group_unique_answers,
     reward_by_mind,
     truncated_importance_ratio,
     zero_variance_fraction,
 )
-from manyminds.rl.label_free import (
-    final_answers,
-    group_majority_rewards,
-    majority_vote_reward,
-    strip_labels,
-)
+from manyminds.rl.label_free import group_majority_rewards, strip_labels
+
+from .grpo_config import PopulationGRPOConfig
 
 MIND_STATE_FILE = "mind_state.json"
 TESTED_TRL = (">=1.16", "<1.17")
@@ -77,26 +79,6 @@ def _check_dataset(dataset, reward_funcs: Sequence[Callable], label_free: bool, 
                          f"rename your question column to 'prompt'")
     if not label_free:
         check_reward_columns(reward_funcs, names)
-
-
-def latest_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` whose mind state was written, or ``None``.
-
-    The trainer writes ``mind_state.json`` last, atomically (temp file + rename), after TRL and
-    transformers have written the weights, optimizer and trainer state, so a checkpoint cut off
-    by a crash never counts as complete.
-    """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        folder = os.path.join(output_dir, name)
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.split("-")[-1].isdigit() and \
-                os.path.exists(os.path.join(folder, MIND_STATE_FILE)):
-            steps.append((int(name.split("-")[-1]), folder))
-    return max(steps)[1] if steps else None
 
 
 class PopulationGRPOTrainer(GRPOTrainer):

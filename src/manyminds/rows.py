@@ -1,0 +1,259 @@
+"""Per-row helpers that the population, the ensemble and the trainers share.
+
+- ids: one integer id per batch row (``-1`` = the unchanged model), checked by
+  :func:`check_row_ids` and expanded to ``generate``'s ``n * B`` rows by :func:`expand_row_ids`
+  (mind ids of a :class:`~manyminds.population.Population`, member ids of an
+  :class:`~manyminds.ensemble.EnsembleLoRA`);
+- tokenised rows: ``prompt + completion + eos`` with a completion mask, prompts cut from the left
+  (:func:`encode_completions`, :func:`encode_pair`), right-padded by :func:`pad_rows`;
+- log-probs of selected tokens ``[N, L]`` from logits ``[N, T, V]`` in blocks, without a float32
+  copy of the logits (:func:`selected_log_probs`, :func:`sequence_token_logps`).
+
+Nothing here imports another part of ``manyminds``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["LOGPS_BLOCK_ELEMENTS", "check_row_ids", "encode_completions", "encode_pair", "expand_row_ids",
+           "logit_blocks", "pad_rows", "selected_log_probs", "sequence_token_logps", "truncate_prompt_left"]
+
+
+def check_row_ids(ids, what: str = "mind") -> torch.Tensor:
+    """Validate per-row ids -> a CPU ``LongTensor [B]``.
+
+    Accepts a list/tuple of ints or an integer tensor ``[B]``; ``-1`` is the unperturbed model.
+    ``what`` names the ids in errors (``"mind"``; the ensemble passes ``"member"``).
+    """
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"{what} ids must be integers, got a {ids.dtype} tensor")
+        if ids.dim() != 1:
+            raise ValueError(f"{what} ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
+        out = ids.detach().to("cpu", torch.long)
+    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
+        for i in ids:
+            scalar_tensor = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
+            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar_tensor):
+                raise TypeError(f"{what} ids must be integers, got {i!r}")
+        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
+    else:
+        raise TypeError(f"{what} ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
+    if out.numel() == 0:
+        raise ValueError(f"{what} ids are empty; pass one id per batch row")
+    if bool((out < -1).any()):
+        raise ValueError(f"{what} ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
+    return out
+
+
+def expand_row_ids(ids: torch.Tensor, batch_size: int, what: str = "mind",
+                   context: str = "the minds() context") -> torch.Tensor:
+    """Ids for a batch of ``batch_size`` rows: ``ids`` itself, or each id repeated ``n`` times in a
+    row (``repeat_interleave``) when ``batch_size == n * len(ids)``, the way ``generate`` expands
+    rows for ``num_return_sequences`` and beams. Any other size raises ``ValueError`` naming
+    ``context`` (the routing context that holds the ids) and ``what`` they are."""
+    n_ids = ids.shape[0]
+    if batch_size == n_ids:
+        return ids
+    if batch_size % n_ids == 0:
+        return ids.repeat_interleave(batch_size // n_ids, dim=0)
+    raise ValueError(f"{context} has {n_ids} {what} ids but the model got a batch of {batch_size} "
+                     f"rows; pass one id per row (rows may only expand to a multiple n * {n_ids}, "
+                     "as with num_return_sequences)")
+
+
+def truncate_prompt_left(prompt_ids: list[int], completions: list[list[int]], max_length: int | None,
+                         bos_token_id: int | None = None) -> tuple[list[int], list[list[int]]]:
+    """Fit ``prompt + completion`` into ``max_length`` tokens for every completion of one prompt.
+
+    The prompt is cut from the left, keeping its end next to the completion (and its leading BOS
+    token, if it has one and room allows), as TRL's ``truncation_mode="keep_end"`` does for the
+    prompt; the completions stay whole. Only when the longest completion alone does not fit is
+    the prompt cut to its last token and each completion cut from the right, keeping its start
+    (TRL's ``keep_start``). At least one prompt token is kept when the prompt is not empty, so
+    the first completion token is still predicted, and at least one completion token survives
+    (``max_length >= 2``). All completions share the same truncated prompt (a DPO pair compares
+    ``y_w`` and ``y_l`` in the same context).
+
+    Args:
+        prompt_ids: token ids of the prompt (may be empty).
+        completions: token ids of each completion (each non-empty).
+        max_length: the token budget of ``prompt + completion``; ``None`` keeps everything.
+        bos_token_id: kept at position 0 if the prompt starts with it.
+
+    Returns:
+        ``(prompt_ids, completions)`` with ``len(prompt_ids) + len(c) <= max_length`` for each ``c``.
+    """
+    if max_length is None:
+        return list(prompt_ids), [list(c) for c in completions]
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (a prompt token and a completion token), got {max_length}")
+    longest = max(len(c) for c in completions)
+    room = max(max_length - longest, min(1, len(prompt_ids)))   # prompt tokens kept
+    if room < len(prompt_ids):
+        keep_bos = bos_token_id is not None and prompt_ids[0] == bos_token_id and room >= 2
+        head = list(prompt_ids[:1]) if keep_bos else []
+        prompt_ids = head + list(prompt_ids[len(prompt_ids) - (room - len(head)):])
+    budget = max_length - len(prompt_ids)
+    return list(prompt_ids), [list(c[:budget]) for c in completions]
+
+
+def encode_completions(tokenizer, prompt: str, completions: list[str], max_length: int | None) -> list[dict]:
+    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos) for
+    each completion, truncated by :func:`truncate_prompt_left` (one shared prompt)."""
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    cs = []
+    for completion in completions:
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            c = c + [tokenizer.eos_token_id]
+        if not c:
+            raise ValueError("empty completion (and no eos token): nothing to train on")
+        cs.append(c)
+    p, cs = truncate_prompt_left(p, cs, max_length, tokenizer.bos_token_id)
+    return [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for c in cs]
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int | None) -> dict:
+    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos).
+
+    Over ``max_length`` the prompt is cut from the left and the completion kept
+    (:func:`truncate_prompt_left`)."""
+    return encode_completions(tokenizer, prompt, [completion], max_length)[0]
+
+
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad integer lists to ``[N, T_max]``."""
+    T = max(len(r) for r in rows)
+    out = torch.full((len(rows), T), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+LOGPS_BLOCK_ELEMENTS = 1 << 24
+"""Default size of one block of :func:`selected_log_probs` in logits (16 Mi elements = 64 MiB in float32)."""
+
+
+def logit_blocks(rows: int, positions: int, vocab: int, block_elements: int):
+    """``(row slice, position slice)`` pairs covering a ``[rows, positions]`` grid in blocks of at
+    most ``block_elements`` logits (``vocab`` per position): whole rows when a row fits, else spans
+    of one row. Slicing the two leading dims of a ``[rows, positions, vocab]`` view never copies it."""
+    span = max(1, block_elements // max(1, vocab))          # positions per block
+    if span >= positions:
+        step = max(1, span // max(1, positions))            # whole rows per block
+        for r in range(0, rows, step):
+            yield slice(r, min(rows, r + step)), slice(None)
+    else:
+        for r in range(rows):
+            for t in range(0, positions, span):
+                yield slice(r, r + 1), slice(t, min(positions, t + span))
+
+
+class _SelectedLogProbs(torch.autograd.Function):
+    """``logp[n, t] = logits[n, t, index[n, t]] - logsumexp_v logits[n, t, v]`` block by block.
+
+    Forward upcasts one block at a time (float32, or float64 for float64 logits) and keeps only
+    the per-position ``logsumexp`` ``[N, L]`` besides the logits themselves; backward recomputes
+    the softmax block by block: ``d logp[n, t] / d logits[n, t, v] = 1[v = index[n, t]] - softmax_v``.
+    Positions ``t >= L`` of the logits get a zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor, block_elements: int) -> torch.Tensor:
+        N, L = index.shape
+        V = logits.shape[-1]
+        compute = torch.promote_types(logits.dtype, torch.float32)
+        logps = torch.empty(N, L, dtype=compute, device=logits.device)
+        lse = torch.empty(N, L, dtype=compute, device=logits.device)
+        for rows, pos in logit_blocks(N, L, V, block_elements):
+            x = logits[:, :L][rows, pos].to(compute)                 # [n, l, V], one block
+            lse[rows, pos] = torch.logsumexp(x, dim=-1)
+            logps[rows, pos] = x.gather(-1, index[rows, pos].unsqueeze(-1)).squeeze(-1) - lse[rows, pos]
+        ctx.save_for_backward(logits, index, lse)
+        ctx.block_elements = block_elements
+        return logps
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logps: torch.Tensor):
+        logits, index, lse = ctx.saved_tensors
+        N, L = index.shape
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)   # [N, T, V]
+        grad[:, L:] = 0
+        g = grad_logps.to(lse.dtype)
+        for rows, pos in logit_blocks(N, L, logits.shape[-1], ctx.block_elements):
+            x = logits[:, :L][rows, pos].to(lse.dtype)
+            block = torch.exp(x - lse[rows, pos].unsqueeze(-1))          # softmax, [n, l, V]
+            block.mul_(-g[rows, pos].unsqueeze(-1))
+            block.scatter_add_(-1, index[rows, pos].unsqueeze(-1), g[rows, pos].unsqueeze(-1))
+            grad[:, :L][rows, pos] = block.to(grad.dtype)
+        return grad, None, None
+
+
+def selected_log_probs(logits: torch.Tensor, index: torch.Tensor,
+                       block_elements: int = LOGPS_BLOCK_ELEMENTS) -> torch.Tensor:
+    """``log_softmax(logits)`` at ``index``, without a full-vocabulary copy of the logits.
+
+    ``logp[n, t] = logits[n, t, index[n, t]] - logsumexp_v logits[n, t, v]`` for
+    ``t < L = index.shape[1]`` (``logits[:, L:]`` are ignored and get a zero gradient).
+
+    Same technique as TRL's ``selective_log_softmax`` (gather minus logsumexp, one block at a
+    time), but always computed in float32 (float64 for float64 logits), also for bf16/fp16
+    logits, and with a backward that recomputes the softmax block by block instead of keeping
+    an upcast copy for autograd: extra memory is the ``[N, L]`` logsumexp plus a few float32
+    blocks of ``block_elements`` logits, forward and backward; the gradient itself is
+    ``[N, T, V]`` in the logits' dtype, as for any loss on the logits.
+
+    Args:
+        logits: ``[N, T, V]``, any float dtype (a non-contiguous view is fine; it is not copied).
+        index: ``[N, L]`` integer ids in ``[0, V)`` with ``L <= T``.
+        block_elements: logits per block (default 16 Mi: 64 MiB in float32).
+
+    Returns:
+        ``[N, L]`` log-probs in float32 (float64 for float64 logits).
+    """
+    if logits.dim() != 3 or index.dim() != 2 or index.shape[0] != logits.shape[0] \
+            or index.shape[1] > logits.shape[1]:
+        raise ValueError(f"need logits [N, T, V] and index [N, L<=T], got {tuple(logits.shape)} "
+                         f"and {tuple(index.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor, got {logits.dtype}")
+    if block_elements < 1:
+        raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+    return _SelectedLogProbs.apply(logits, index.long(), int(block_elements))
+
+
+def sequence_token_logps(logits: torch.Tensor, input_ids: torch.Tensor,
+                         block_elements: int = LOGPS_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Log-prob of each next token: logits ``[N, T, V]``, ids ``[N, T]`` -> ``[N, T-1]``.
+
+    ``logp[n, t] = log_softmax(logits[n, t])[input_ids[n, t + 1]]``, computed in float32 by
+    :func:`selected_log_probs` (no float32 copy of all logits; the logits at the last position
+    are unused). With ``logits_to_keep=L`` the model returns the last ``L`` positions: pass
+    ``input_ids[:, -L:]`` to get the log-probs of the last ``L - 1`` tokens.
+    """
+    if input_ids.shape != logits.shape[:2]:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} must match the logits' [N, T] "
+                         f"{tuple(logits.shape[:2])}")
+    return selected_log_probs(logits, input_ids[:, 1:], block_elements)
+
+
+def completion_logits_to_keep(completion_mask: torch.Tensor) -> int:
+    """How many trailing positions of logits the next-token log-probs of the completions need.
+
+    With ``s`` the first position where any row of ``completion_mask [B, T]`` is 1 (at least 1:
+    position 0 is never predicted), the logits at positions ``s - 1 .. T - 1`` suffice, i.e.
+    ``logits_to_keep = T - s + 1``; the prompt before ``s - 1`` needs no ``lm_head``. Exact for
+    any padding side, since rows are cut at the batch's earliest completion token. Returns ``T``
+    (keep all) when the mask is all zero.
+    """
+    T = completion_mask.shape[1]
+    predicted = completion_mask[:, 1:].bool().any(0).nonzero()         # positions t + 1 >= 1
+    if predicted.numel() == 0:
+        return T
+    return T - int(predicted[0, 0])
