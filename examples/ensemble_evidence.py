@@ -38,15 +38,15 @@ import torch
 
 import manyminds
 from manyminds.ensemble import EnsembleLoRA, auroc
-from manyminds.ensemble.evaluate import evaluate_ensemble
 from manyminds.ensemble.uncertainty import (
     base_completion_logps,
     completion_logps,
     sequence_uncertainty,
 )
+from manyminds.evaluation.ensemble import evaluate_ensemble
+from manyminds.rows import encode_pair, pad_rows
 from manyminds.tasks import extract_answer, load_task
 from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig, RenyiSFTTrainer
-from manyminds.training.common import encode_pair, pad_rows
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 import manyminds
-from manyminds.population.evaluate import plot_sweep, sweep
+from manyminds.evaluation import EvalConfig, evaluate
+from manyminds.evaluation.report import conditions_markdown, plot_sweep, write_plot
 from manyminds.tasks import load_task
 from manyminds.zoo import DEFAULT_MODEL
 
@@ -41,26 +42,26 @@ def main() -> None:
 
     model, tokenizer = manyminds.load(args.model)
     data = load_task("arith", split="test", n=args.problems, seed=args.seed)
-    results = sweep(model, tokenizer, data, sigmas=sigmas, k=args.minds, temperature=args.temperature,
-                    seed=args.seed, semantic=not args.no_semantic,
-                    on_start=lambda name, rows: print(f"  {name}: {rows} rows", flush=True))
+    config = EvalConfig(k=args.minds, sigmas=sigmas, mind_seed=args.seed, temperature=args.temperature,
+                        seed=args.seed, semantic=not args.no_semantic)
+    results = evaluate(model, tokenizer, data, config,
+                       progress=lambda name, done, total: done == 0 and print(f"  {name}: {total} rows", flush=True)
+                       ).conditions
 
-    from manyminds.cli.population import results_markdown
-
-    table = results_markdown(results)
+    table = conditions_markdown(results)
     print()
     print(table)
     greedy = next(r for r in results if r.name == "greedy")
     temp = next(r for r in results if r.name.startswith("temperature"))
-    pops = [r for r in results if r.sigma > 0]
+    pops = [r for r in results if r.kind == "minds"]
     div = [(r.semantic_diversity if r.semantic_diversity is not None else r.distinct_2) for r in pops]
     div_name = "semantic diversity" if pops[0].semantic_diversity is not None else "distinct-2"
 
     rises = all(b >= a for a, b in pairwise(div))
     rises_overall = div[-1] > div[0]
-    holds = [r.sigma for r in pops if r.mean_accuracy >= greedy.mean_accuracy - 0.05]
-    vote_beats = [r.sigma for r in pops if r.majority_accuracy > r.mean_accuracy]
-    best = max(pops, key=lambda r: r.majority_accuracy)
+    holds = [r.sigma for r in pops if r.pass_at_1 >= greedy.pass_at_1 - 0.05]
+    vote_beats = [r.sigma for r in pops if r.majority_at_k > r.pass_at_1]
+    best = max(pops, key=lambda r: r.majority_at_k)
     claims = {
         f"{div_name} rises with sigma": f"{'monotone' if rises else ('overall, not monotone' if rises_overall else 'no')}: "
                                         + ", ".join(f"{r.sigma:g}->{d:.3f}" for r, d in zip(pops, div)),
@@ -68,8 +69,8 @@ def main() -> None:
             f"{max(holds):g}" if holds else "never",
         "majority vote beats the minds' single answers at sigma": ", ".join(f"{s:g}" for s in vote_beats) or "none",
         "best majority vote across minds vs temperature sampling":
-            f"minds sigma={best.sigma:g}: {best.majority_accuracy:.1%} vs {temp.name}: majority "
-            f"{temp.majority_accuracy:.1%}, single sample {temp.mean_accuracy:.1%}; greedy {greedy.mean_accuracy:.1%}",
+            f"minds sigma={best.sigma:g}: {best.majority_at_k:.1%} vs {temp.name}: majority "
+            f"{temp.majority_at_k:.1%}, single sample {temp.pass_at_1:.1%}; greedy {greedy.pass_at_1:.1%}",
     }
     print()
     for claim, verdict in claims.items():
@@ -79,11 +80,8 @@ def main() -> None:
         {"args": {k: str(v) for k, v in vars(args).items()}, "results": [r.to_dict() for r in results],
          "claims": claims}, indent=2))
     (args.out_dir / "evidence.md").write_text(table + "\n\n" + "\n".join(f"- {c}: {v}" for c, v in claims.items()) + "\n")
-    try:
-        plot_sweep(results, args.out_dir / "sigma_sweep.png")
-    except ImportError as err:
-        print(f"no plot: {err}")
-    print(f"\nwrote {args.out_dir}/evidence.json, evidence.md, sigma_sweep.png")
+    print(write_plot(plot_sweep, results, path=args.out_dir / "sigma_sweep.png"))
+    print(f"wrote {args.out_dir}/evidence.json, evidence.md")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from transformers import PrinterCallback
 import manyminds
 from manyminds.evaluation import EvalConfig, evaluate
 from manyminds.rewards import answer_reward
-from manyminds.rl import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.tasks import load_task
+from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.zoo import DEFAULT_MODEL
 
 METHODS = {
@@ -72,9 +72,12 @@ def train_one(method: str, seed: int, opts, train_rows, out_dir: str):
 
 
 def eval_model(model, tok, test_rows, opts, seed):
-    cfg = EvalConfig(k=opts.k, sigma=opts.sigma, mind_seed=1000 + seed, temperature=opts.temperature,
+    cfg = EvalConfig(k=opts.k, sigmas=(opts.sigma,), mind_seed=1000 + seed, temperature=opts.temperature,
                      max_new_tokens=opts.max_completion_length, seed=seed)
-    return evaluate(model, tok, test_rows, cfg).to_dict()
+    result = evaluate(model, tok, test_rows, cfg)
+    # keyed by kind ("greedy", "samples", "minds") with the metric names of this script's tables
+    return {c.kind: {"pass@1": c.pass_at_1, f"pass@{c.k}": c.pass_at_k, f"majority@{c.k}": c.majority_at_k,
+                     "unique_answers": c.unique_answers} for c in result.conditions}
 
 
 def summarize(results: dict, k: int) -> list[dict]:

@@ -1,0 +1,133 @@
+"""One generation routine for every evaluation condition, with prompts tokenised as TRL does.
+
+TRL 1.16's ``GRPOTrainer._tokenize_prompts`` encodes a plain-text prompt with
+``processing_class(text=prompts)`` (the tokenizer's default special tokens, so a BOS is added
+where the tokenizer adds one) and a conversational prompt (a list of ``{"role", "content"}``
+messages) with ``apply_chat_template(..., add_generation_prompt=True, tokenize=True)``; then
+``_generate_single_turn`` left-pads the id lists with the pad id. :func:`tokenize_prompts`
+does exactly that, so a model is evaluated on the token ids it was trained on.
+
+Sampling never touches the global RNG: each call runs in ``torch.random.fork_rng`` and seeds
+the fork with its own ``seed``, so two calls with the same arguments draw the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["decode_new", "generate_completions", "is_conversational", "pad_id_of", "pad_left", "sampling_kwargs",
+           "tokenize_prompts"]
+
+
+def is_conversational(prompt) -> bool:
+    """True for a TRL conversational prompt: a list of messages with ``role`` and ``content``."""
+    return (isinstance(prompt, list) and len(prompt) > 0 and isinstance(prompt[0], dict)
+            and "role" in prompt[0] and "content" in prompt[0])
+
+
+def pad_id_of(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id (TRL sets ``pad_token = eos_token`` the same way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return pad
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Token ids of each prompt, unpadded, as TRL 1.16's GRPOTrainer computes them.
+
+    Plain text: ``tokenizer(text=prompts)["input_ids"]`` (default ``add_special_tokens``).
+    Conversational: ``tokenizer.apply_chat_template(prompts, add_generation_prompt=True,
+    tokenize=True, return_dict=True)["input_ids"]``.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    if is_conversational(prompts[0]):
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("conversational prompts need a tokenizer with a chat template; "
+                             "pass plain-text prompts or set tokenizer.chat_template")
+        out = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)
+        return [list(ids) for ids in out["input_ids"]]
+    if not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must all be strings or all be conversations (lists of messages)")
+    return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask``, both ``[B, T_max]``, left-padded (TRL's ``pad``)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if len(r):
+            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def decode_new(tokenizer, sequences: torch.Tensor, prompt_len: int) -> list[str]:
+    """Decoded new tokens of each row ``[N, T_prompt + T_new]`` (special tokens dropped, as TRL)."""
+    return tokenizer.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)
+
+
+def sampling_kwargs(temperature: float) -> dict:
+    """``generate`` arguments: greedy for ``temperature == 0``, else pure sampling at ``temperature``
+    (``top_k=0``, ``top_p=1``: the model's own generation config does not truncate the distribution)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
+
+
+@torch.no_grad()
+def generate_completions(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 48,
+                         temperature: float = 0.0, seed: int = 0, batch_size: int = 64,
+                         population=None, mind_ids: Sequence[int] | None = None,
+                         progress: Callable[[int], None] | None = None) -> list[str]:
+    """One completion per prompt row (new text only), ``batch_size`` rows per ``generate`` call.
+
+    Args:
+        model: a causal LM (also a ``PeftModel``); put in eval mode for the call, restored after.
+        tokenizer: its tokenizer; prompts are encoded by :func:`tokenize_prompts`.
+        prompts: ``[N]`` rows (repeat a prompt to draw from it several times).
+        temperature: 0 = greedy; > 0 = sampling in a forked RNG seeded with ``seed``.
+        population: a :class:`~manyminds.population.Population` of ``model``; with ``mind_ids``
+            (``[N]``, one id per row, ``-1`` = the mean model) row ``b`` runs mind ``mind_ids[b]``.
+        progress: called with the number of rows finished after each batch.
+
+    Returns:
+        ``[N]`` completion strings.
+    """
+    prompts = list(prompts)
+    if population is not None and (mind_ids is None or len(mind_ids) != len(prompts)):
+        raise ValueError(f"a population needs one mind id per row: {len(prompts)} rows, "
+                         f"{None if mind_ids is None else len(mind_ids)} ids")
+    device = next(model.parameters()).device
+    ids = tokenize_prompts(tokenizer, prompts)
+    pad = pad_id_of(tokenizer)
+    kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
+              **sampling_kwargs(temperature)}
+    texts: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                enc = pad_left(ids[start:start + batch_size], pad, device)  # [b, T]
+                if population is not None:
+                    with population.minds(list(mind_ids[start:start + batch_size])):
+                        out = model.generate(**enc, **kwargs)
+                else:
+                    out = model.generate(**enc, **kwargs)
+                texts += decode_new(tokenizer, out, enc["input_ids"].shape[1])
+                if progress is not None:
+                    progress(enc["input_ids"].shape[0])
+    finally:
+        model.train(was_training)
+    return texts
