@@ -18,14 +18,29 @@ _EXPORTS = {
     "load_task": "manyminds.tasks",
     "Population": "manyminds.population",
     "EnsembleLoRA": "manyminds.ensemble",
-    "PopulationGRPOConfig": "manyminds.rl",
-    "PopulationGRPOTrainer": "manyminds.rl",
+    "PopulationGRPOConfig": "manyminds.training",
+    "PopulationGRPOTrainer": "manyminds.training",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "EnsembleLoRA",
+    "Population",
+    "PopulationGRPOConfig",
+    "PopulationGRPOTrainer",
+    "__version__",
+    "load",
+    "load_task",
+]
 
 
 def __getattr__(name):
+    # PEP 562: a public name imports its module (and torch, transformers...) on first use only
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'manyminds' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

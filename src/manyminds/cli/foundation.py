@@ -63,18 +63,20 @@ def register(app: typer.Typer) -> None:
     @zoo_app.command("list")
     def zoo_list():
         """List the zoo models, whether they are built, and their measured accuracy."""
-        from manyminds.zoo import DEFAULT_MODEL, ZOO, GGUFEntry, model_dir, read_marker
+        from manyminds.zoo import DEFAULT_MODEL, ZOO, GGUFEntry, model_dir, read_marker, shipped_dir
 
         table = Table(title="manyminds zoo")
         for col in ("name", "family", "built", "arith test acc (greedy)", "description"):
             table.add_column(col)
         for name, entry in ZOO.items():
-            marker = read_marker(model_dir(name), entry)
+            shipped = shipped_dir(name)
+            marker = read_marker(shipped or model_dir(name), entry)
             converted = isinstance(entry, GGUFEntry)
             acc = f"{marker['arith_test_greedy_accuracy']:.1%}" if marker and not converted else "-"
             family = f"{entry.family} (from GGUF)" if converted else entry.family
             table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), family,
-                          str(model_dir(name)) if marker else "no", acc, escape(entry.description))
+                          "shipped" if shipped else (str(model_dir(name)) if marker else "no"), acc,
+                          escape(entry.description))
         console.print(table)
 
     @zoo_app.command("build")
@@ -104,6 +106,12 @@ def register(app: typer.Typer) -> None:
                           f"(max |diff| {marker['max_logit_diff_vs_gguf']:.1e})")
             console.print(f"greedy answer to {marker['probe_prompt']!r}: {marker['probe_answer']!r}")
             return
+        from manyminds.zoo import shipped_dir
+
+        if shipped_dir(name) is not None:
+            console.print(f"note: a rebuild can differ by machine (CPU training is not bit-reproducible); "
+                          f"manyminds.load({name!r}) keeps loading the weights shipped with the package; "
+                          f"load this rebuild with manyminds.load({str(path)!r})", soft_wrap=True)
         console.print(f"held-out arith test accuracy (greedy, 200 problems): "
                       f"[bold]{marker['arith_test_greedy_accuracy']:.1%}[/bold]; "
                       f"trained {marker['train']['steps']} steps in {marker['train_seconds']:.0f}s; "
