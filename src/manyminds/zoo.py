@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from manyminds.charlm import TrainSettings
-from manyminds.zoo_gguf import GGUFEntry
+from manyminds.zoo_gguf import GGUFEntry, sha256_file
 
 DEFAULT_MODEL = "tiny-arith"
 MARKER = "manyminds_zoo.json"
@@ -111,14 +111,6 @@ def _check_name(name: str) -> ZooEntry | GGUFEntry:
     return ZOO[name]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def recipe_hash(entry: ZooEntry | GGUFEntry) -> str:
     """Hash of everything that determines a build; a cached entry built from another recipe is stale."""
     recipe = asdict(entry)
@@ -132,7 +124,7 @@ def read_marker(path: Path, entry: ZooEntry | GGUFEntry | None = None) -> dict |
     try:
         marker = json.loads((Path(path) / MARKER).read_text())
         weights = Path(path) / "model.safetensors"
-        if marker.get("sha256") != _sha256(weights):
+        if marker.get("sha256") != sha256_file(weights):
             return None
         if entry is not None and marker.get("recipe") != recipe_hash(entry):
             return None
@@ -204,7 +196,7 @@ def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
                   "eval_problems": entry.eval_problems, "final_train_loss": losses[-1], "train_seconds": round(train_s, 1),
                   "num_parameters": sum(p.numel() for p in model.parameters()),
                   "train": asdict(entry.train), "recipe": recipe_hash(entry), "torch": torch.__version__,
-                  "sha256": _sha256(tmp / "model.safetensors")}
+                  "sha256": sha256_file(tmp / "model.safetensors")}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
 
 
@@ -213,7 +205,7 @@ def _convert_unlocked(entry: GGUFEntry, final: Path, show_progress: bool) -> Non
 
     with staged(final) as tmp:
         marker = convert(entry, tmp, show_progress)
-        marker.update(recipe=recipe_hash(entry), sha256=_sha256(tmp / "model.safetensors"))
+        marker.update(recipe=recipe_hash(entry), sha256=sha256_file(tmp / "model.safetensors"))
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
 
 

@@ -175,6 +175,18 @@ def test_token_ids_match_trl(tmp_path, bos):
     _assert_same_dpo_tokens(*_dpo_pair(tmp_path / "dpo", tok, beta=0.5), tok, bos)
 
 
+def _train_both(ours, ref):
+    """Train both trainers; check our member moved; return its final tensors and both loss curves."""
+    before = _member(ours.ensemble)
+    ours.train()
+    ref.train()
+    after = _member(ours.ensemble)
+    _assert_moved(before, after)
+    ours_losses, trl_losses = _losses(ours), _losses(ref)
+    assert len(ours_losses) == len(trl_losses) == STEPS
+    return after, ours_losses, trl_losses
+
+
 def test_sft_matches_trl_sft(tmp_path):
     """Renyi SFT at K = 1 == ``trl.SFTTrainer`` on a PEFT LoRA model (completion-only loss).
 
@@ -193,14 +205,7 @@ def test_sft_matches_trl_sft(tmp_path):
     _assert_same_sft_tokens(ours, ref, tok, bos=True)
     assert all(sum(mask) == L for mask in ours.train_dataset["completion_mask"])
 
-    before = _member(ours.ensemble)
-    ours.train()
-    ref.train()
-    after = _member(ours.ensemble)
-    _assert_moved(before, after)
-
-    ours_losses, trl_losses = _losses(ours), _losses(ref)
-    assert len(ours_losses) == len(trl_losses) == STEPS
+    after, ours_losses, trl_losses = _train_both(ours, ref)
     assert ours.state.log_history[0]["grad_norm"] > ours.args.max_grad_norm   # clipping took part
     torch.testing.assert_close(torch.tensor(ours_losses), L * torch.tensor(trl_losses), rtol=1e-5, atol=1e-6)
     _assert_same_lora(after, _peft_lora(ref.model))
@@ -220,14 +225,7 @@ def test_dpo_matches_trl_dpo(tmp_path, precompute_ref):
     ours, ref = _dpo_pair(tmp_path, tok, beta=0.5, precompute_ref=precompute_ref)
     _assert_same_dpo_tokens(ours, ref, tok, bos=True)
 
-    before = _member(ours.ensemble)
-    ours.train()
-    ref.train()
-    after = _member(ours.ensemble)
-    _assert_moved(before, after)
-
-    ours_losses, trl_losses = _losses(ours), _losses(ref)
-    assert len(ours_losses) == len(trl_losses) == STEPS
+    after, ours_losses, trl_losses = _train_both(ours, ref)
     # the initial adapter is not the base ('diverse' init), so the choice of reference shows from step 1
     assert abs(ours_losses[0] - math.log(2)) > 1e-3
     assert max(ours_losses) - min(ours_losses) > 1e-2
