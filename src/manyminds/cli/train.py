@@ -48,7 +48,6 @@ from manyminds.cli.common import (
     make_table,
     setup_quiet,
     use_rich_progress,
-    yaml_error_line,
 )
 
 # The commands take their options raw and hand them to TrlParser; --help is TrlParser's help.
@@ -216,38 +215,23 @@ def _split_config(argv: list[str]) -> tuple[list[str], str | None]:
     return out, path
 
 
-def _read_config(path: str, valid: set[str]) -> dict:
-    """The YAML mapping of ``path``, with one-line errors for a missing file, bad YAML or unknown keys."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise CLIError(f"config file {path} does not exist; pass an existing YAML file, e.g. examples/grpo.yaml")
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise CLIError(yaml_error_line(err, path) or f"{path}: YAML does not parse ({err})") from err
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise CLIError(f"{path} must hold a YAML mapping of option names to values, not a {type(config).__name__}")
-    for key in config:
-        if key != "env" and key not in valid:
-            raise CLIError(f"{path}: unknown option {key!r}{close_matches(str(key), sorted(valid))}; "
-                           f"the keys are the fields that --help lists")
-    return config
-
-
 def parse(command: str, argv: list[str]) -> tuple:
-    """Parse ``argv`` (and its ``--config`` file) into the command's dataclass instances."""
-    parser = make_parser(command)
+    """Parse ``argv`` (and its ``--config`` file) into the command's dataclass instances.
+
+    Unknown options, config files that are missing, do not parse or have unknown keys, and unknown
+    tasks fail first, before transformers and TRL are imported (:func:`check_arguments`, under a
+    second); values are then checked by the dataclasses themselves (seconds: the parser imports TRL).
+    """
+    # imported here, not at the top, so that `python -m manyminds.cli.fields` runs cleanly
+    from manyminds.cli.fields import check_arguments
+
     rest, config_path = _split_config(list(argv))
+    if "-h" not in rest and "--help" not in rest:
+        check_arguments(command, rest, config_path)
+    parser = make_parser(command)
     if "-h" in rest or "--help" in rest:
         parser.print_help()
         raise typer.Exit(0)
-    valid = {a.dest for a in parser._actions if a.dest != "help"}
-    if config_path is not None:
-        _read_config(config_path, valid)
     _, unknown = parser.parse_known_args(rest)
     if unknown:
         options = sorted({f"--{a.dest}" for a in parser._actions if a.option_strings and a.dest != "help"}
@@ -311,9 +295,9 @@ def load_reward(name: str):
 
 
 def _renyi(command: str, argv: list[str]) -> None:
+    model_args, data_args, config = parse(command, _strip_verbose(argv))  # before the trainers' imports
     from manyminds.training import RenyiDPOTrainer, RenyiSFTTrainer
 
-    model_args, data_args, config = parse(command, _strip_verbose(argv))
     dataset = load_rows(data_args.task, data_args.data, data_args.split, data_args.num_examples,
                         data_args.task_seed, data_args.task_knobs)
     model, tokenizer = load_model(model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
@@ -355,10 +339,10 @@ def _ensemble_table(title: str, history: list[dict], num_members: int):
 
 
 def _grpo(argv: list[str]) -> None:
+    model_args, data_args, script_args, config = parse("grpo", _strip_verbose(argv))  # before the imports
     from manyminds.training import PopulationGRPOTrainer
     from manyminds.training.grpo import MIND_STATE_FILE
 
-    model_args, data_args, script_args, config = parse("grpo", _strip_verbose(argv))
     names = script_args.reward_funcs if script_args.reward_funcs is not None else (
         [] if config.label_free else ["answer"])
     rewards = [load_reward(name) for name in names]
