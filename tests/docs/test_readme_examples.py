@@ -53,6 +53,7 @@ SKIP = {
     # evidence scripts: 8 to 24 minutes each on 2 cores; their numbers are reported in the docs
     "python examples/ensemble_evidence.py --steps 120 --dpo-steps 60 --n-train 512 --n-test 96": "evidence script, ~24 min on 2 cores",
     "python examples/rl_evidence.py --out /tmp/rl_full": "evidence script, ~8 min on 2 cores",
+    "python examples/rl_evidence.py --out /tmp/rl_ev": "evidence script, ~5-8 min on 2 cores",
     "python examples/rl_evidence.py --seeds 0 --steps 20 --prompts-per-step 4 --num-generations 8 \\": "evidence script, ~5 min on 2 cores",
 }
 # lm_eval.md's third command reads an ensemble saved to runs/ensemble, which the page does not create
