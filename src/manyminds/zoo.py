@@ -311,11 +311,17 @@ def resolve(name_or_path: str, build_missing: bool = True) -> str:
     return name_or_path
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` reads as a local path rather than a hub id (``org/model``): it starts with
+    ``.``, ``/`` or ``~``, has a file suffix, or has more than one ``/``."""
+    return bool(Path(name).suffix) or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def load(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` from a zoo name, a local directory or a hub id.
 
     Args:
-        name_or_path: a name in :data:`ZOO` (built on first use), a local ``save_pretrained``
+        name_or_path: a name in :data:`ZOO` (shipped, or built on first use), a local ``save_pretrained``
             folder, or a Hugging Face hub id (needs network).
         dtype: torch dtype for the weights (default: float32 as saved).
         device: where to put the model (default: CPU).
@@ -325,10 +331,9 @@ def load(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, trust_remot
 
     path = resolve(name_or_path)
     local = Path(path).expanduser()
-    if not local.is_dir():
-        if Path(path).suffix or path.startswith((".", "/", "~")) or path.count("/") > 1:
-            raise FileNotFoundError(f"no model folder at {path!r}; pass an existing directory, a hub id, "
-                                    f"or a zoo name ({', '.join(ZOO)})")
+    if not local.is_dir() and looks_like_path(path):
+        raise FileNotFoundError(f"no model folder at {path!r}; pass an existing directory, a hub id, "
+                                f"or a zoo name ({', '.join(ZOO)})")
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else path, **kwargs)

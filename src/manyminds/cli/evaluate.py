@@ -29,10 +29,10 @@ def fail(message: str):
 
 def load_model(model: str | None):
     """``(model, tokenizer)`` (see :func:`manyminds.cli.common.load_model`) behind a status line."""
-    from manyminds.zoo import DEFAULT_MODEL, ZOO
+    from manyminds.zoo import DEFAULT_MODEL, ZOO, is_built
 
     name = model or DEFAULT_MODEL
-    note = " (the default model is trained on first use, a few minutes)" if name in ZOO else ""
+    note = " (built on first use, a few minutes)" if name in ZOO and not is_built(name) else ""
     with err_console().status(f"loading {name}{note}"):
         return common.load_model(name)
 

@@ -64,7 +64,7 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _resolve_pretrained(pretrained):
-    """A zoo name -> its cached folder (built on first use); a missing local folder -> a clear error
+    """A zoo name -> its folder (shipped, or built on first use); a missing local folder -> a clear error
     instead of a model-hub lookup."""
     if not isinstance(pretrained, str):
         return pretrained
@@ -72,9 +72,7 @@ def _resolve_pretrained(pretrained):
 
     if pretrained in zoo.ZOO:
         return zoo.resolve(pretrained)
-    local = Path(pretrained).expanduser()
-    looks_local = pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1 or bool(local.suffix)
-    if looks_local and not local.is_dir():
+    if zoo.looks_like_path(pretrained) and not Path(pretrained).expanduser().is_dir():
         raise FileNotFoundError(f"model arg pretrained={pretrained!r}: no model folder there; pass an existing "
                                 f"save_pretrained folder, a hub id or a zoo name ({', '.join(zoo.ZOO)})")
     return pretrained
