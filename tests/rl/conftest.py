@@ -47,6 +47,15 @@ def _grpo_kwargs(tmp_path, **over):
     return kw
 
 
+def make_trainer(model, tok, ds, tmp_path, reward=None, eval_dataset=None, **over):
+    """A PopulationGRPOTrainer with :func:`_grpo_kwargs` settings (``over`` overrides them)."""
+    from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
+
+    args = PopulationGRPOConfig(**_grpo_kwargs(tmp_path, **over))
+    return PopulationGRPOTrainer(model, reward_funcs=reward or varied_reward, args=args, train_dataset=ds,
+                                 eval_dataset=eval_dataset, processing_class=tok)
+
+
 def _snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 

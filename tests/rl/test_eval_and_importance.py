@@ -13,6 +13,8 @@ from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.training.grpo_config import LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS
 from manyminds.rl.functional import truncated_importance_ratio
 
+from .conftest import make_trainer
+
 
 @pytest.fixture(autouse=True)
 def _helpers(rl_helpers):
@@ -20,10 +22,7 @@ def _helpers(rl_helpers):
     grpo_kwargs, snapshot, varied_reward = rl_helpers
 
 
-def _trainer(model, tok, ds, tmp_path, eval_dataset=None, **over):
-    args = PopulationGRPOConfig(**grpo_kwargs(tmp_path, **over))
-    return PopulationGRPOTrainer(model, reward_funcs=varied_reward, args=args, train_dataset=ds,
-                                 eval_dataset=eval_dataset, processing_class=tok)
+_trainer = make_trainer
 
 
 def _record(monkeypatch):

@@ -11,6 +11,8 @@ from manyminds.population import Population
 from manyminds.rewards import answer_reward
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 
+from .conftest import make_trainer
+
 
 @pytest.fixture(autouse=True)
 def _helpers(rl_helpers):
@@ -18,9 +20,7 @@ def _helpers(rl_helpers):
     grpo_kwargs, snapshot, varied_reward = rl_helpers
 
 
-def _trainer(model, tok, ds, tmp_path, reward=None, **over):
-    args = PopulationGRPOConfig(**grpo_kwargs(tmp_path, **over))
-    return PopulationGRPOTrainer(model, reward_funcs=reward or varied_reward, args=args, train_dataset=ds, processing_class=tok)
+_trainer = make_trainer
 
 
 def _record_minds(monkeypatch):

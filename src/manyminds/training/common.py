@@ -108,10 +108,6 @@ class RenyiTrainingArguments(EnsembleArguments, TrainingArguments):
         self.check_ensemble_arguments()
 
 
-def ensemble_field_names() -> list[str]:
-    return [f.name for f in fields(EnsembleArguments)]
-
-
 def build_ensemble(model: nn.Module, args: EnsembleArguments) -> EnsembleLoRA:
     """An :class:`EnsembleLoRA` from ``args`` (or ``model`` itself if it already is one)."""
     if isinstance(model, EnsembleLoRA):
