@@ -125,8 +125,13 @@ class PopulationGRPOTrainer(GRPOTrainer):
         _check_dataset(train_dataset, funcs, args.label_free, "train")
         _check_dataset(eval_dataset, funcs, args.label_free, "eval")
 
-        super().__init__(model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, **kwargs)
+        from .grpo_vllm import attach, mind_extension_for_trl  # vLLM rollouts: one mind per request
+
+        with mind_extension_for_trl() if args.use_vllm else contextlib.nullcontext():
+            super().__init__(model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, **kwargs)
+        if args.use_vllm:
+            attach(self)
         if self._is_vlm:
             raise ValueError("PopulationGRPOTrainer supports text-only causal LMs")
         self.population = self._make_population(self.model)

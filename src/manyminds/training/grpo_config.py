@@ -100,9 +100,10 @@ class PopulationGRPOConfig(GRPOConfig):
             if self.loss_type in LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS:
                 raise ValueError(f"loss_type={self.loss_type!r} applies its own importance weights; set "
                                  f"mind_importance_correction=None, or use a loss_type such as 'dapo' or 'grpo'")
-        if self.use_vllm:
-            raise ValueError("use_vllm=True is not supported by population GRPO: vLLM cannot run a different mind "
-                             "per rollout row; set use_vllm=False (generation runs in transformers)")
+        if self.use_vllm:  # a mind per rollout row inside vLLM (colocate mode): manyminds.training.grpo_vllm
+            from manyminds.training.grpo_vllm import check_vllm_config
+
+            check_vllm_config(self)
         if self.use_transformers_continuous_batching or self.use_transformers_paged:
             raise ValueError("continuous batching packs rollouts into shared batches, so rows cannot keep their own "
                              "mind; set use_transformers_continuous_batching=False")

