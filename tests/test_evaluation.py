@@ -144,7 +144,8 @@ def test_demo_and_eval_agree_on_the_same_model(bos_model_dir, tmp_path):
             != generate_completions(model, tok, rows, max_new_tokens=6, temperature=1.0, seed=1))
 
     demo_dir, eval_dir = tmp_path / "demo", tmp_path / "eval"
-    common = ["--model", str(bos_model_dir), "--max-new-tokens", "6", "--temperature", "1.0", "--seed", "0"]
+    common = ["--model", str(bos_model_dir), "--max-new-tokens", "6", "--temperature", "1.0", "--seed", "0",
+              "--no-chat"]  # the tokenizer has a chat template; this test compares the text path
     out = runner.invoke(app, ["demo", *common, "--problems", "3", "--minds", "2", "--sigmas", "0.3,1.0",
                               "--no-semantic", "--out-dir", str(demo_dir)])
     assert out.exit_code == 0, out.output

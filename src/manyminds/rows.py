@@ -4,8 +4,14 @@
   :func:`check_row_ids` and expanded to ``generate``'s ``n * B`` rows by :func:`expand_row_ids`
   (mind ids of a :class:`~manyminds.population.Population`, member ids of an
   :class:`~manyminds.ensemble.EnsembleLoRA`);
-- tokenised rows: ``prompt + completion + eos`` with a completion mask, prompts cut from the left
-  (:func:`encode_completions`, :func:`encode_pair`), right-padded by :func:`pad_rows`;
+- prompts: plain text or TRL conversations (lists of ``{"role", "content"}`` messages), normalised by
+  :func:`prompt_list` and tokenised once, the way TRL 1.16's GRPOTrainer does, by
+  :func:`tokenize_prompts` (generation, evaluation and the population all use it), left-padded by
+  :func:`pad_left`;
+- tokenised training rows: prompt + completion with a completion mask, tokenised as TRL 1.16's
+  SFTTrainer / DPOTrainer do (the chat template applied once to the whole conversation, the
+  prompt part found as the common prefix), prompts cut from the left (:func:`encode_completions`,
+  :func:`encode_pair`), right-padded by :func:`pad_rows`;
 - log-probs of selected tokens ``[N, L]`` from logits ``[N, T, V]`` in blocks, without a float32
   copy of the logits (:func:`selected_log_probs`, :func:`sequence_token_logps`).
 
@@ -19,8 +25,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["LOGPS_BLOCK_ELEMENTS", "check_row_ids", "encode_completions", "encode_pair", "expand_row_ids",
-           "logit_blocks", "pad_rows", "selected_log_probs", "sequence_token_logps", "truncate_prompt_left"]
+__all__ = ["LOGPS_BLOCK_ELEMENTS", "check_row_ids", "common_prefix_length", "encode_completions", "encode_pair",
+           "expand_row_ids", "has_chat_template", "is_conversational", "logit_blocks", "pad_id_of", "pad_left",
+           "pad_rows", "prompt_list", "selected_log_probs", "sequence_token_logps", "tokenize_prompts",
+           "truncate_prompt_left", "user_message"]
 
 
 def check_row_ids(ids, what: str = "mind") -> torch.Tensor:
@@ -102,24 +110,157 @@ def truncate_prompt_left(prompt_ids: list[int], completions: list[list[int]], ma
     return list(prompt_ids), [list(c[:budget]) for c in completions]
 
 
-def encode_completions(tokenizer, prompt: str, completions: list[str], max_length: int | None) -> list[dict]:
-    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos) for
-    each completion, truncated by :func:`truncate_prompt_left` (one shared prompt)."""
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    cs = []
-    for completion in completions:
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            c = c + [tokenizer.eos_token_id]
-        if not c:
-            raise ValueError("empty completion (and no eos token): nothing to train on")
-        cs.append(c)
+# ------------------------------------------------------------------------------ prompts and chat
+def is_conversational(value) -> bool:
+    """True for a TRL conversation: a non-empty list of messages (dicts with ``role`` and ``content``)."""
+    return (isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict)
+            and "role" in value[0] and "content" in value[0])
+
+
+def has_chat_template(tokenizer) -> bool:
+    """Whether ``tokenizer`` carries a chat template (``apply_chat_template`` can format conversations)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def user_message(text: str) -> list[dict]:
+    """``text`` as a one-message conversation ``[{"role": "user", "content": text}]``."""
+    return [{"role": "user", "content": text}]
+
+
+def prompt_list(prompts) -> list:
+    """Prompts as a list of rows, each a string or a conversation, all of one kind.
+
+    Accepts a string, a list of strings, one conversation (a list of messages) or a list of
+    conversations; one string / one conversation becomes a list of one.
+    """
+    if isinstance(prompts, str) or is_conversational(prompts):
+        return [prompts]
+    if not isinstance(prompts, (bytes, dict)) and hasattr(prompts, "__iter__"):   # also a datasets column
+        prompts = list(prompts)
+    if isinstance(prompts, list) and prompts and (all(isinstance(p, str) for p in prompts)
+                                                 or all(is_conversational(p) for p in prompts)):
+        return prompts
+    raise ValueError("prompts must all be strings or all be conversations: pass a string, a list of strings, a "
+                     "conversation (a list of {'role', 'content'} messages) or a list of conversations")
+
+
+def pad_id_of(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id (TRL sets ``pad_token = eos_token`` the same way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return pad
+
+
+def _chat_ids(tokenizer, conversations: list[list[dict]], add_generation_prompt: bool) -> list[list[int]]:
+    """``apply_chat_template(..., tokenize=True)`` ids of each conversation: the template renders the
+    special tokens itself (BOS included, where it writes one), nothing is added on top."""
+    if not has_chat_template(tokenizer):
+        raise ValueError("conversational prompts need a tokenizer with a chat template; pass plain-text "
+                         "prompts or set tokenizer.chat_template")
+    out = tokenizer.apply_chat_template(conversations, add_generation_prompt=add_generation_prompt,
+                                        tokenize=True, return_dict=True)
+    return [list(ids) for ids in out["input_ids"]]
+
+
+def tokenize_prompts(tokenizer, prompts) -> list[list[int]]:
+    """Token ids of each prompt, unpadded, as TRL 1.16's ``GRPOTrainer._tokenize_prompts`` computes them.
+
+    Plain text: ``tokenizer(text=prompts)["input_ids"]`` (default ``add_special_tokens``: a BOS
+    where the tokenizer adds one). Conversational: ``tokenizer.apply_chat_template(prompts,
+    add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]``.
+
+    Args:
+        prompts: anything :func:`prompt_list` accepts (``[N]`` rows).
+
+    Returns:
+        ``[N]`` lists of ids.
+    """
+    prompts = prompt_list(prompts)
+    if is_conversational(prompts[0]):
+        return _chat_ids(tokenizer, prompts, add_generation_prompt=True)
+    return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask``, both ``[B, T_max]``, left-padded (TRL's ``pad``)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if len(r):
+            ids[b, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[b, width - len(r):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+# ------------------------------------------------------------------------------ training rows
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """Number of leading tokens ``ids`` and ``other`` share (TRL's ``common_prefix_length``)."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _prompt_and_completion_ids(tokenizer, prompt, completions: list) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and each completion's ids, split the way TRL 1.16's SFT/DPO trainers split them.
+
+    Conversational (``prompt`` and every completion lists of messages): ``p =
+    apply_chat_template(prompt, add_generation_prompt=True)``, ``f_k = apply_chat_template(prompt +
+    completion_k)`` (both ``tokenize=True``; no EOS is added, the template ends the turn itself).
+    Plain text: ``p = tokenizer(text=prompt)``, ``f_k = tokenizer(text=prompt + completion_k + eos)``
+    (eos appended unless the completion already ends with it). The prompt part is the first
+    ``c = min_k common_prefix(p, f_k)`` tokens and completion ``k`` is ``f_k[c:]``.
+    """
+    chat = bool(completions) and is_conversational(completions[0])
+    if chat:
+        ok = (prompt == [] or is_conversational(prompt)) and all(is_conversational(c) for c in completions)
+    else:
+        ok = isinstance(prompt, str) and bool(completions) and all(isinstance(c, str) for c in completions)
+    if not ok:
+        raise ValueError("prompt and completions must be all strings or all conversations (lists of "
+                         "{'role', 'content'} messages), as in TRL's datasets")
+    if chat:
+        # an empty prompt (a conversation of one turn) is trained on whole, as TRL's language modelling
+        prompt_ids = _chat_ids(tokenizer, [prompt], add_generation_prompt=True)[0] if prompt else []
+        full = _chat_ids(tokenizer, [prompt + c for c in completions], add_generation_prompt=False)
+    else:
+        eos = tokenizer.eos_token
+        prompt_ids = list(tokenizer(text=prompt)["input_ids"])
+        texts = [prompt + c + (eos if eos is not None and not c.endswith(eos) else "") for c in completions]
+        full = [list(ids) for ids in tokenizer(text=texts)["input_ids"]]
+    cut = min(common_prefix_length(prompt_ids, f) for f in full)
+    pieces = [f[cut:] for f in full]
+    if any(not p for p in pieces):
+        raise ValueError("empty completion (and no eos token): nothing to train on")
+    return prompt_ids[:cut], pieces
+
+
+def encode_completions(tokenizer, prompt, completions: list, max_length: int | None) -> list[dict]:
+    """``input_ids`` and a 0/1 ``completion_mask`` (1 on the completion tokens) for each completion
+    of one prompt, tokenised as TRL 1.16's SFTTrainer and DPOTrainer tokenise a prompt-completion
+    row, then truncated by :func:`truncate_prompt_left` (one shared prompt).
+
+    Args:
+        prompt: a string, or a conversation (list of ``{"role", "content"}`` messages).
+        completions: strings (each gets the tokenizer's eos, as TRL adds it), or conversations
+            (assistant turns; the chat template renders the end of turn, nothing else is added).
+        max_length: token budget of prompt + completion; ``None`` keeps everything.
+
+    Returns:
+        one ``{"input_ids", "completion_mask"}`` per completion, lists of equal length.
+    """
+    p, cs = _prompt_and_completion_ids(tokenizer, prompt, list(completions))
     p, cs = truncate_prompt_left(p, cs, max_length, tokenizer.bos_token_id)
     return [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for c in cs]
 
 
-def encode_pair(tokenizer, prompt: str, completion: str, max_length: int | None) -> dict:
-    """``prompt + completion + eos`` ids and a 0/1 completion mask (1 on completion and eos).
+def encode_pair(tokenizer, prompt, completion, max_length: int | None) -> dict:
+    """One ``{"input_ids", "completion_mask"}`` row of :func:`encode_completions` (a string prompt and
+    completion, or a conversation and its assistant turn(s)).
 
     Over ``max_length`` the prompt is cut from the left and the completion kept
     (:func:`truncate_prompt_left`)."""

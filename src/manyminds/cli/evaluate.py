@@ -56,6 +56,35 @@ def check_prompt(prompt: str) -> None:
                           highlight=False, soft_wrap=True)
 
 
+_CHAT_HELP = ("wrap each prompt as a user message and apply the model's chat template (as TRL does for a "
+              "conversational prompt); default: when the tokenizer has a chat template")
+
+
+def use_chat(chat: bool | None, tokenizer) -> bool:
+    """``--chat/--no-chat``: ``None`` (the default) = whether ``tokenizer`` has a chat template."""
+    from manyminds.rows import has_chat_template
+
+    if chat is None:
+        return has_chat_template(tokenizer)
+    if chat and not has_chat_template(tokenizer):
+        fail("--chat needs a model whose tokenizer has a chat template (this one has none); drop --chat")
+    return chat
+
+
+def chat_dataset(dataset):
+    """The rows with text ``prompt`` (and ``completion``/``chosen``/``rejected``) columns as TRL
+    conversations (:func:`manyminds.tasks.conversational_rows`); conversational rows are kept."""
+    import datasets
+
+    from manyminds.rows import is_conversational
+    from manyminds.tasks import conversational_rows
+
+    rows = list(dataset)
+    if not rows or is_conversational(rows[0]["prompt"]):
+        return dataset
+    return datasets.Dataset.from_list(conversational_rows(rows))
+
+
 def _parse_sigmas(text: str) -> list[float]:
     try:
         sigmas = [float(s) for s in text.split(",") if s.strip()]
@@ -118,6 +147,7 @@ def register(app: typer.Typer) -> None:
         noise: Annotated[str, typer.Option("--noise", help="additive (the paper) or multiplicative")] = "additive",
         temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy per mind")] = 0.0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="tokens to generate")] = 64,
+        chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help=_CHAT_HELP, show_default=False)] = None,
         out: Annotated[Path | None, typer.Option(
             "--out", help="write records {prompt, mind, text, answer} as JSON lines")] = None,
     ):
@@ -128,6 +158,7 @@ def register(app: typer.Typer) -> None:
         from manyminds.evaluation.report import write_jsonl
         from manyminds.metrics import majority_vote
         from manyminds.population import Population
+        from manyminds.rows import user_message
         from manyminds.tasks import extract_answer
 
         for prompt in prompts:
@@ -137,20 +168,22 @@ def register(app: typer.Typer) -> None:
             pop = Population(lm, sigma=sigma, seed=seed, norms=norms, noise=noise)
         except ValueError as err:
             fail(one_line(err))
-        rows = [p for p in prompts for _ in range(minds)]  # prompt-major: [P * minds]
+        chat = use_chat(chat, tok)
+        inputs = [user_message(p) if chat else p for p in prompts]
+        rows = [p for p in inputs for _ in range(minds)]  # prompt-major: [P * minds]
         with err_console().status(f"{minds} minds answering {len(prompts)} prompt(s)..."):
             flat = generate_completions(lm, tok, rows, max_new_tokens=max_new_tokens, temperature=temperature,
                                         seed=seed, population=pop, mind_ids=list(range(minds)) * len(prompts))
         records = []
         for i, prompt in enumerate(prompts):
             texts = flat[i * minds:(i + 1) * minds]
-            table = Table(title=f"{pop!r}\nprompt: {prompt!r}", title_justify="left")
+            table = Table(title=f"{pop!r}\n{'chat prompt' if chat else 'prompt'}: {prompt!r}", title_justify="left")
             for col in ("mind", "answer", "text"):
                 table.add_column(col, overflow="fold")
             answers = [extract_answer(t) for t in texts]
             for mind, (text, answer) in enumerate(zip(texts, answers)):
                 table.add_row(str(mind), answer or "-", repr(text))
-                records.append({"prompt": prompt, "mind": mind, "sigma": sigma, "seed": seed, "text": text,
+                records.append({"prompt": inputs[i], "mind": mind, "sigma": sigma, "seed": seed, "text": text,
                                 "answer": answer})
             console().print(table)
             console().print(f"majority vote: [bold]{majority_vote(answers)}[/bold]")
@@ -175,6 +208,8 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="rows per generate call")] = 64,
         semantic: Annotated[bool, typer.Option(
             "--semantic/--no-semantic", help="semantic diversity with all-MiniLM-L6-v2 (diversity extra)")] = True,
+        chat: Annotated[bool | None, typer.Option(
+            "--chat/--no-chat", help=_CHAT_HELP + " (the task's conversational form)", show_default=False)] = None,
         out_dir: Annotated[Path, typer.Option(
             "--out-dir", help="where results.jsonl, results.json, results.md, sigma_sweep.png go")] = RUNS / "demo",
     ):
@@ -205,12 +240,15 @@ def register(app: typer.Typer) -> None:
             fail(one_line(err))
         lm, tok = load_model(model)
         rows = load_rows("arith", None, "arith", "test", problems, seed)
+        chat = use_chat(chat, tok)
+        if chat:
+            rows = chat_dataset(rows)
         result = run_evaluation(lm, tok, rows, config)
         title = (f"arith test, {problems} problems, {minds} answers each (model: {model or 'default'}, "
                  f"minds {'greedy' if mind_temperature == 0 else f'at T={mind_temperature:g}'})")
         console().print(conditions_table(result.conditions, title))
         payload = {"command": "demo", "model": model or "default", "task": "arith", "split": "test",
-                   "problems": problems, **result.to_dict()}
+                   "problems": problems, "chat": chat, **result.to_dict()}
         write_text(out_dir / "results.md", f"{title}\n\n{conditions_markdown(result.conditions)}\n")
         write_outputs(out_dir, result.records(), payload,
                       write_plot(plot_sweep, result.conditions, path=out_dir / "sigma_sweep.png"))
@@ -234,6 +272,8 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="completion length limit")] = 48,
         batch_size: Annotated[int, typer.Option("--batch-size", help="generated rows per batch")] = 64,
         seed: Annotated[int, typer.Option("--seed", help="sampling seed (a forked RNG)")] = 0,
+        chat: Annotated[bool | None, typer.Option(
+            "--chat/--no-chat", help=_CHAT_HELP + " (the task's conversational form)", show_default=False)] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of a table")] = False,
         save: Annotated[str | None, typer.Option("--save", help="also write the JSON result to this file")] = None,
         out_dir: Annotated[Path, typer.Option(
@@ -259,9 +299,12 @@ def register(app: typer.Typer) -> None:
             fail(one_line(err))
         rows = load_rows(task, data, "arith", split, n, data_seed)
         lm, tok = load_model(model)
+        chat = use_chat(chat, tok)
+        if chat:
+            rows = chat_dataset(rows)
         result = run_evaluation(lm, tok, rows, config)
         payload = {"command": "eval", "model": model or "default", "task": None if data else (task or "arith"),
-                   "dataset": data, "split": split, **result.to_dict()}
+                   "dataset": data, "split": split, "chat": chat, **result.to_dict()}
         if save:
             write_json(payload, save)
         plot = (write_plot(plot_sweep, result.conditions, path=out_dir / "sigma_sweep.png")
@@ -289,6 +332,10 @@ def register(app: typer.Typer) -> None:
                                                     help="tokens to generate per answer")] = 32,
         label: Annotated[str, typer.Option(
             "--label", help="boolean column to score uncertainty against (AUROC)")] = "conflicting",
+        chat: Annotated[bool | None, typer.Option(
+            "--chat/--no-chat", help="prompts as chat conversations (the task's conversational form); default: "
+                                     "as the run was trained (its task knob 'conversational'), else when the "
+                                     "tokenizer has a chat template", show_default=False)] = None,
         seed: Annotated[int, typer.Option("--seed", help="seed of the task sample")] = 0,
         output: Annotated[Path | None, typer.Option(
             "--output", help="also write the per-prompt JSONL here")] = None,
@@ -313,6 +360,10 @@ def register(app: typer.Typer) -> None:
         default_task = run.get("task") or ("conflict" if run.get("kind", "sft") == "sft" else "prefs")
         dataset = load_rows(task, data, default_task, split, n, seed)
         base, tokenizer = load_model(model or run.get("model"))
+        if chat is None and "conversational" in (run.get("task_knobs") or {}):
+            chat = bool(run["task_knobs"]["conversational"])
+        if use_chat(chat, tokenizer):
+            dataset = chat_dataset(dataset)
         from manyminds.ensemble import EnsembleLoRA
         from manyminds.evaluation.ensemble import evaluate_ensemble
 

@@ -5,7 +5,9 @@ TRL 1.16's ``GRPOTrainer._tokenize_prompts`` encodes a plain-text prompt with
 where the tokenizer adds one) and a conversational prompt (a list of ``{"role", "content"}``
 messages) with ``apply_chat_template(..., add_generation_prompt=True, tokenize=True)``; then
 ``_generate_single_turn`` left-pads the id lists with the pad id. :func:`tokenize_prompts`
-does exactly that, so a model is evaluated on the token ids it was trained on.
+does exactly that, so a model is evaluated on the token ids it was trained on; it lives in
+:mod:`manyminds.rows` (with :func:`is_conversational`, :func:`pad_left`, :func:`pad_id_of`), the
+one copy that :class:`~manyminds.population.Population` and the decisions use too.
 
 Sampling never touches the global RNG: each call runs in ``torch.random.fork_rng`` and seeds
 the fork with its own ``seed``, so two calls with the same arguments draw the same tokens.
@@ -17,56 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from manyminds.rows import is_conversational, pad_id_of, pad_left, tokenize_prompts
+
 __all__ = ["decode_new", "generate_completions", "is_conversational", "pad_id_of", "pad_left", "sampling_kwargs",
            "tokenize_prompts"]
-
-
-def is_conversational(prompt) -> bool:
-    """True for a TRL conversational prompt: a list of messages with ``role`` and ``content``."""
-    return (isinstance(prompt, list) and len(prompt) > 0 and isinstance(prompt[0], dict)
-            and "role" in prompt[0] and "content" in prompt[0])
-
-
-def pad_id_of(tokenizer) -> int:
-    """The tokenizer's pad id, else its eos id (TRL sets ``pad_token = eos_token`` the same way)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-    return pad
-
-
-def tokenize_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
-    """Token ids of each prompt, unpadded, as TRL 1.16's GRPOTrainer computes them.
-
-    Plain text: ``tokenizer(text=prompts)["input_ids"]`` (default ``add_special_tokens``).
-    Conversational: ``tokenizer.apply_chat_template(prompts, add_generation_prompt=True,
-    tokenize=True, return_dict=True)["input_ids"]``.
-    """
-    prompts = list(prompts)
-    if not prompts:
-        return []
-    if is_conversational(prompts[0]):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("conversational prompts need a tokenizer with a chat template; "
-                             "pass plain-text prompts or set tokenizer.chat_template")
-        out = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)
-        return [list(ids) for ids in out["input_ids"]]
-    if not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must all be strings or all be conversations (lists of messages)")
-    return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask``, both ``[B, T_max]``, left-padded (TRL's ``pad``)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        if len(r):
-            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 def decode_new(tokenizer, sequences: torch.Tensor, prompt_len: int) -> list[str]:

@@ -6,6 +6,12 @@
   ``(prompts, completions, **kwargs) -> list[float]``) likes best.
 - :func:`select_minds`: rank candidate minds by their mean reward on a dev set.
 - pass@k over minds: :func:`manyminds.metrics.pass_at_k` on the per-mind correctness.
+
+Prompts may be strings or TRL conversations (lists of ``{"role", "content"}`` messages); they are
+tokenised once by :meth:`Population.generate <manyminds.population.Population.generate>` (the chat
+template with the generation prompt for conversations, raw text for strings). As in TRL's
+GRPOTrainer, a reward sees conversational prompts with conversational completions
+(``[{"role": "assistant", "content": text}]``); the returned completions are always text.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from manyminds.metrics import majority_vote, vote_counts
+from manyminds.rows import is_conversational, prompt_list
 
 __all__ = ["VoteResult", "best_of_minds", "generate_grid", "population_vote", "select_minds"]
 
@@ -35,7 +42,7 @@ def _mind_list(minds: int | Sequence[int]) -> list[int]:
     return minds
 
 
-def generate_grid(population, prompts: Sequence[str], minds: int | Sequence[int] = 8, tokenizer=None,
+def generate_grid(population, prompts: Sequence, minds: int | Sequence[int] = 8, tokenizer=None,
                   batch_size: int = 64, progress: Callable[[int], None] | None = None,
                   **generate_kwargs) -> list[list[str]]:
     """Every prompt answered once by every mind: ``texts[p][j]`` is mind ``minds[j]``'s answer to
@@ -45,7 +52,8 @@ def generate_grid(population, prompts: Sequence[str], minds: int | Sequence[int]
 
     Args:
         population: a :class:`~manyminds.population.Population`.
-        prompts: list of prompt strings.
+        prompts: a prompt or a list of prompts (strings or conversations, see
+            :func:`manyminds.rows.prompt_list`).
         minds: a number ``n`` (minds ``0 .. n-1``) or a list of ids (``-1`` = the plain model).
         progress: called with the number of rows finished after each batch.
         **generate_kwargs: passed to ``model.generate`` (not ``num_return_sequences``).
@@ -53,8 +61,7 @@ def generate_grid(population, prompts: Sequence[str], minds: int | Sequence[int]
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("generate_grid makes one row per (prompt, mind); use more minds instead of "
                          "num_return_sequences")
-    if isinstance(prompts, str):
-        prompts = [prompts]
+    prompts = prompt_list(prompts)
     ids = _mind_list(minds)
     rows = [(p, m) for p in prompts for m in ids]
     texts: list[str] = []
@@ -84,7 +91,7 @@ class VoteResult:
         return self.votes.get(self.answer, 0) / len(self.minds) if self.answer is not None else 0.0
 
 
-def population_vote(population, prompts: Sequence[str], minds: int | Sequence[int] = 8, tokenizer=None,
+def population_vote(population, prompts: Sequence, minds: int | Sequence[int] = 8, tokenizer=None,
                     extract: Callable[[str], str | None] = _extract_default, **kwargs) -> list[VoteResult]:
     """Majority vote across minds per prompt (ties: the answer seen first, i.e. the lowest mind).
 
@@ -101,7 +108,11 @@ def population_vote(population, prompts: Sequence[str], minds: int | Sequence[in
     return results
 
 
-def _call_reward(reward, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list[float]:
+def _call_reward(reward, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float]:
+    """``reward(prompts, completions, **columns)`` as TRL calls it: conversational prompts get
+    conversational completions ``[{"role": "assistant", "content": text}]``."""
+    if prompts and is_conversational(prompts[0]):
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
     scores = reward(prompts=prompts, completions=completions, **columns)
     scores = [float("nan") if s is None else float(s) for s in scores]
     if len(scores) != len(completions):
@@ -109,7 +120,7 @@ def _call_reward(reward, prompts: list[str], completions: list[str], columns: di
     return scores
 
 
-def best_of_minds(population, prompts: Sequence[str], reward, minds: int | Sequence[int] = 8, tokenizer=None,
+def best_of_minds(population, prompts: Sequence, reward, minds: int | Sequence[int] = 8, tokenizer=None,
                   reward_kwargs: dict[str, Sequence] | None = None, **kwargs) -> list[dict]:
     """Per prompt, the completion with the highest reward across minds.
 
@@ -124,7 +135,7 @@ def best_of_minds(population, prompts: Sequence[str], reward, minds: int | Seque
         reward, aligned with the mind ids). Ties go to the first mind.
     """
     ids = _mind_list(minds)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts)
     grid = generate_grid(population, prompts, ids, tokenizer=tokenizer, **kwargs)
     k = len(ids)
     columns = {name: [v for v in values for _ in range(k)] for name, values in (reward_kwargs or {}).items()}
@@ -143,8 +154,9 @@ def select_minds(population, dataset, reward, n: int = 4, candidates: int | Sequ
     """Rank candidate minds by their mean reward on a dev set; return the best ``n``.
 
     Every candidate mind answers every prompt of ``dataset`` (a ``datasets.Dataset`` or a list
-    of dicts with a ``prompt`` column); ``reward`` scores the completions with the dataset's
-    other columns as keyword arguments (TRL convention, e.g. ``answer``).
+    of dicts with a ``prompt`` column of strings or conversations); ``reward`` scores the
+    completions with the dataset's other columns as keyword arguments (TRL convention, e.g.
+    ``answer``).
 
     Args:
         n: how many minds to return (<= number of candidates).
@@ -162,10 +174,7 @@ def select_minds(population, dataset, reward, n: int = 4, candidates: int | Sequ
         raise ValueError("select_minds needs a non-empty dev set")
     if prompt_column not in rows[0]:
         raise ValueError(f"the dev set has no {prompt_column!r} column (columns: {', '.join(rows[0])})")
-    prompts = [r[prompt_column] for r in rows]
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError("select_minds needs plain-text prompts (conversational prompts: apply the chat "
-                        "template first)")
+    prompts = prompt_list([r[prompt_column] for r in rows])
     grid = generate_grid(population, prompts, ids, tokenizer=tokenizer, **kwargs)
     k = len(ids)
     columns = {c: [r[c] for r in rows for _ in range(k)] for c in rows[0] if c != prompt_column}

@@ -3,13 +3,18 @@
     >>> ds = load_task("arith", split="test", n=200, seed=0)
     >>> ds.column_names
     ['prompt', 'completion', 'answer']
+
+With ``conversational=True`` the same rows come in TRL's conversational form, for chat models:
+
+    >>> load_task("arith", n=1, conversational=True)[0]["prompt"]
+    [{'role': 'user', 'content': 'Q: 1+9+5+2\nA:'}]
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from manyminds.tasks.answers import extract_answer, normalize_answer, verify_answer
 from manyminds.tasks.arith import arith_rows
@@ -45,7 +50,31 @@ def task_knobs(name: str) -> dict:
     return {k: p.default for k, p in params.items() if k not in ("split", "n", "seed")}
 
 
-def load_task(name: str, split: str = "train", n: int | None = None, seed: int = 0, **knobs):
+CONVERSATIONAL_COLUMNS = {"prompt": "user", "completion": "assistant", "chosen": "assistant",
+                          "rejected": "assistant"}
+"""The text columns that :func:`conversational_rows` turns into messages, and the role of each."""
+
+
+def conversational_rows(rows: list[dict]) -> list[dict]:
+    """Rows in TRL's conversational form: ``prompt -> [{"role": "user", "content": prompt}]``,
+    ``completion``/``chosen``/``rejected -> [{"role": "assistant", "content": text}]``.
+
+    The assistant turn is the completion without its leading space (the text form's ``" 7+8=15"``
+    follows ``"A:"``; in a chat the answer starts its own turn). Other columns are kept as they are.
+    """
+    out = []
+    for row in rows:
+        new = dict(row)
+        for column, role in CONVERSATIONAL_COLUMNS.items():
+            if isinstance(row.get(column), str):
+                text = row[column] if role == "user" else row[column].lstrip(" ")
+                new[column] = [{"role": role, "content": text}]
+        out.append(new)
+    return out
+
+
+def load_task(name: str, split: str = "train", n: int | None = None, seed: int = 0, conversational: bool = False,
+              **knobs):
     """Load a bundled task as a ``datasets.Dataset``.
 
     Args:
@@ -53,6 +82,9 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
         split: ``"train"`` or ``"test"``; the two never share a prompt.
         n: number of rows (default: the task's default for the split).
         seed: sampling seed; the same arguments always give the same rows.
+        conversational: TRL's conversational columns (:func:`conversational_rows`): ``prompt`` as a
+            user message, ``completion`` (SFT) or ``chosen``/``rejected`` (preferences) as assistant
+            messages, for a model with a chat template; the default is plain text.
         **knobs: task-specific difficulty settings (see :func:`task_knobs`).
     """
     if name not in TASKS:
@@ -66,10 +98,22 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
     n = TASKS[name].default_n[split] if n is None else n
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(conversational, bool):
+        raise TypeError(f"conversational must be True or False, got {conversational!r}")
     import datasets
 
-    return datasets.Dataset.from_list(TASKS[name].rows(split=split, n=n, seed=seed, **knobs))
+    rows = TASKS[name].rows(split=split, n=n, seed=seed, **knobs)
+    return datasets.Dataset.from_list(conversational_rows(rows) if conversational else rows)
 
 
-__all__ = ["TASKS", "SPLITS", "load_task", "task_knobs", "extract_answer", "verify_answer",
-           "normalize_answer", "split_of"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "conversational_rows",
+    "extract_answer",
+    "load_task",
+    "normalize_answer",
+    "split_of",
+    "task_knobs",
+    "verify_answer",
+]
