@@ -37,6 +37,7 @@ from manyminds.models import llama_equivalent_config, rebuild_as
 
 from .norms import unwrap_model
 from .population import Population
+from .scale import scales_by_one_plus_weight
 
 __all__ = ["MindExportError", "export_mind", "fold_mind"]
 
@@ -99,21 +100,6 @@ def _trace_readers(model: nn.Module, norm_modules: dict[int, str]) -> dict[str, 
         for handle in handles:
             handle.remove()
     return readers
-
-
-def _scales_by_one_plus_weight(norm: nn.Module) -> bool:
-    """Whether ``norm`` computes ``xhat * (1 + w)`` (Gemma) rather than ``xhat * w``: probe it
-    with ``w = 0``."""
-    weight = norm.weight
-    saved = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.zero_()
-            x = torch.randn(2, weight.shape[-1], generator=torch.Generator().manual_seed(0)).to(weight)
-            return bool(norm(x).abs().max() > 0)
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
 
 
 def _rebuild(inner: nn.Module, config) -> nn.Module:
@@ -203,7 +189,7 @@ def fold_mind(population: Population, mind: int) -> nn.Module:
                 if weight is None:
                     raise MindExportError(f"{name} has no weight to fold gain noise into")
                 w = weight.double()
-                new_w = (1 + w) * (1 + z) - 1 if _scales_by_one_plus_weight(norm) else w * (1 + z)
+                new_w = (1 + w) * (1 + z) - 1 if scales_by_one_plus_weight(norm) else w * (1 + z)
                 weight.copy_(new_w.to(weight.dtype))
                 if bias is not None:
                     bias.copy_((bias.double() * (1 + z)).to(bias.dtype))

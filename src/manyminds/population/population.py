@@ -24,10 +24,19 @@ from functools import partial
 import torch
 from torch import nn
 
-from manyminds.rows import check_row_ids, expand_row_ids
+from manyminds.rows import (
+    check_row_ids,
+    expand_row_ids,
+    pad_id_of,
+    pad_left,
+    prompt_list,
+    tokenize_prompts,
+)
 
+from .collapse import warn_if_collapsed
 from .noise import NOISE_KINDS, apply_noise, check_sigma, mind_noise_table, standard_noise
 from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
+from .scale import layer_scales
 from .spec import MindSpec
 
 __all__ = ["Population"]
@@ -69,7 +78,14 @@ class Population:
     Args:
         model: any transformers causal LM, also wrapped (``PeftModel``, DDP, ``torch.compile``).
             Its weights are neither copied nor changed; hooks exist only inside :meth:`minds`.
-        sigma: noise scale, a float >= 0 (the paper: 0.02) or one value per perturbed layer.
+        sigma: noise scale, a float >= 0 (the paper: 0.02), one value per perturbed layer, or
+            ``"calibrated"``: chosen by :func:`~manyminds.population.calibrate.calibrate_sigma` so
+            that the mean per-token KL(plain || mind) hits ``calibration.target_kl`` (needs a
+            tokenizer; the result is kept in :attr:`calibration`).
+        sigma_scale: what ``sigma`` is measured against (:mod:`~manyminds.population.scale`):
+            ``"absolute"`` (the paper: ``z_l = sigma * eps``) or ``"weight"``
+            (``z_l = sigma * rms(g_l) * eps``, ``g_l`` the norm's gain), so one sigma means a
+            similar perturbation on every model. Additive noise only.
         seed: population seed; a mind's offsets are a pure function of (seed, mind id, layer).
         norms: ``"all"`` (block norms + final norm), ``"blocks"`` or ``"final"``.
         noise: ``"additive"`` (the paper: ``y = Norm(x) + z``) or ``"multiplicative"``
@@ -77,15 +93,22 @@ class Population:
         include_qk_norms: also perturb per-head query/key norms (Qwen3); off by default.
         tokenizer: default tokenizer for :meth:`generate`.
         cache_bytes: memory for caching drawn noise vectors (0 disables the cache).
+        calibration: settings of ``sigma="calibrated"``
+            (:class:`~manyminds.population.calibrate.CalibrationConfig` or a dict of its fields;
+            a dict without ``curve_factors`` measures only the calibrated point of the curve).
 
     Attributes:
         layers: the perturbed :class:`NormLayer` s, in forward order.
-        sigmas: per-layer noise scales.
+        sigmas: resolved per-layer noise scales ``sigma_l`` (``z_l = sigma_l * eps``).
+        base_sigma: the scalar sigma before per-layer scaling (``None`` for per-layer input).
+        calibration: the :class:`~manyminds.population.calibrate.CalibrationResult` of
+            ``sigma="calibrated"`` (else ``None``).
     """
 
-    def __init__(self, model: nn.Module, sigma: float | Sequence[float] = 0.02, seed: int = 0,
+    def __init__(self, model: nn.Module, sigma: float | Sequence[float] | str = 0.02, seed: int = 0,
                  norms: str = "all", noise: str = "additive", include_qk_norms: bool = False,
-                 tokenizer=None, cache_bytes: int = 64 * 2**20):
+                 tokenizer=None, cache_bytes: int = 64 * 2**20, sigma_scale: str = "absolute",
+                 calibration=None):
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -97,12 +120,40 @@ class Population:
         self.include_qk_norms = include_qk_norms
         self.tokenizer = tokenizer
         self.layers: list[NormLayer] = find_norm_layers(model, norms=norms, include_qk_norms=include_qk_norms)
-        self.sigmas: list[float] = check_sigma(sigma, len(self.layers))
+        self.sigma_scale = sigma_scale
+        # sigma_l = base_sigma * factor_l, resolved once here (the weights are read now, not per forward)
+        self._factors: list[float] = layer_scales(self.layers, sigma_scale, noise)
+        calibrated = isinstance(sigma, str)
+        if calibrated and sigma != "calibrated":
+            raise TypeError(f"sigma must be a float, one float per layer or 'calibrated', got {sigma!r}")
+        if calibration is not None and not calibrated:
+            raise ValueError("calibration=... is used with sigma='calibrated' only; drop it or pass sigma='calibrated'")
+        self.base_sigma: float | None = None
+        self.sigmas: list[float] = []
+        self._set_sigma(0.0 if calibrated else sigma)
         self.hidden_size: int = hidden_size_of(model)
         self._active: _ActiveMinds | None = None
         self.cache_bytes = int(cache_bytes)
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_used = 0
+        self.calibration = None
+        if calibrated:
+            from .calibrate import calibrate_sigma
+
+            if calibration is None or isinstance(calibration, dict) and "curve_factors" not in calibration:
+                # building a population checks the calibrated point only (the full curve: calibrate_sigma)
+                calibration = {**(calibration or {}), "curve_factors": (1.0,)}
+            self.calibration = calibrate_sigma(self, tokenizer=tokenizer, config=calibration)
+            self._set_sigma(self.calibration.sigma)
+
+    def _set_sigma(self, sigma: float | Sequence[float]) -> None:
+        """Resolve ``sigma`` into :attr:`sigmas`: a scalar is scaled per layer by the ``sigma_scale``
+        factors; a per-layer sequence is taken as is with ``sigma_scale="absolute"`` (with ``"weight"``
+        each value is scaled by its layer's factor)."""
+        values = check_sigma(sigma, len(self.layers))
+        scalar = isinstance(sigma, (int, float)) or (isinstance(sigma, torch.Tensor) and sigma.dim() == 0)
+        self.base_sigma = float(values[0]) if scalar else None
+        self.sigmas = [v * f for v, f in zip(values, self._factors)]
 
     # ------------------------------------------------------------------ description
 
@@ -128,20 +179,33 @@ class Population:
 
     def __repr__(self) -> str:
         model = type(unwrap_model(self.model)).__name__
-        return (f"Population({model}, sigma={self.sigma}, seed={self.seed}, norms={self.norms!r}, "
+        sigma = (self.sigma if self.sigma_scale == "absolute" or self.base_sigma is None
+                 else f"{self.base_sigma:.4g} x rms(weight)")
+        return (f"Population({model}, sigma={sigma}, seed={self.seed}, norms={self.norms!r}, "
                 f"noise={self.noise!r}, layers={self.num_layers})")
 
     def spec(self, mind: int) -> MindSpec:
         """The address of ``mind`` (:class:`~manyminds.population.spec.MindSpec`): rebuilds the same
-        mind on another copy of the model, device or engine."""
+        mind on another copy of the model, device or engine.
+
+        ``spec.sigma`` holds the resolved per-layer sigmas (a tuple) whenever they are not one
+        absolute scalar (``sigma_scale="weight"``, per-layer input), so consumers that only read
+        ``spec.sigma`` (export, the vLLM worker) rebuild the same offsets."""
         sigma = self.sigma
-        return MindSpec(seed=self.seed, mind=mind, sigma=tuple(sigma) if isinstance(sigma, list) else sigma,
+        if self.sigma_scale != "absolute" or isinstance(sigma, list):
+            sigma = tuple(self.sigmas)
+        return MindSpec(seed=self.seed, mind=mind, sigma=sigma,
                         norms=self.norms, noise=self.noise, include_qk_norms=self.include_qk_norms,
-                        num_layers=self.num_layers, width=self.hidden_size)
+                        num_layers=self.num_layers, width=self.hidden_size, sigma_scale=self.sigma_scale,
+                        base_sigma=self.base_sigma)
 
     @classmethod
     def from_spec(cls, model: nn.Module, spec: MindSpec | dict, **kwargs) -> Population:
         """The population that ``spec`` addresses, on ``model``; the mind is ``spec.mind``.
+
+        The offsets come from ``spec.sigma`` alone (the resolved per-layer sigmas); the
+        provenance fields ``sigma_scale`` / ``base_sigma`` are carried over, not re-applied, so
+        the weights of ``model`` do not change the mind.
 
         Raises:
             ValueError: the spec was made for a model with other norms (count or width).
@@ -150,8 +214,24 @@ class Population:
         sigma = list(spec.sigma) if isinstance(spec.sigma, tuple) else spec.sigma
         layers = find_norm_layers(model, norms=spec.norms, include_qk_norms=spec.include_qk_norms)
         spec.check_layout(len(layers), hidden_size_of(model), type(unwrap_model(model)).__name__)
-        return cls(model, sigma=sigma, seed=spec.seed, norms=spec.norms, noise=spec.noise,
-                   include_qk_norms=spec.include_qk_norms, **kwargs)
+        pop = cls(model, sigma=sigma, seed=spec.seed, norms=spec.norms, noise=spec.noise,
+                  include_qk_norms=spec.include_qk_norms, **kwargs)
+        pop.sigma_scale = spec.sigma_scale
+        if spec.base_sigma is not None:
+            pop.base_sigma = spec.base_sigma
+        if spec.base_sigma:  # so that a later _set_sigma(scalar) scales like the original population
+            pop._factors = [s / spec.base_sigma for s in pop.sigmas]
+        return pop
+
+    @classmethod
+    def calibrate(cls, model: nn.Module, tokenizer=None, config=None, **population_kwargs) -> Population:
+        """A population whose sigma is calibrated on ``model``
+        (:func:`~manyminds.population.calibrate.calibrate_sigma`); the same as
+        ``Population(model, sigma="calibrated", tokenizer=tokenizer, calibration=config, ...)``.
+        The curve is in ``pop.calibration``."""
+        if "sigma" in population_kwargs:
+            raise TypeError("Population.calibrate chooses sigma itself; pass target_kl in config instead of sigma")
+        return cls(model, sigma="calibrated", tokenizer=tokenizer, calibration=config, **population_kwargs)
 
     @staticmethod
     def _placement(layer: NormLayer, fallback: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -264,8 +344,12 @@ class Population:
 
         Two forms:
 
-        - text: ``prompts`` is a string or a list of strings; a tokenizer (argument or the
-          population's) encodes them with left padding. Rows are built from ``minds``:
+        - prompts: ``prompts`` is a string, a list of strings, a conversation (a list of
+          ``{"role", "content"}`` messages) or a list of conversations. A tokenizer (argument or
+          the population's) encodes them once, exactly as the evaluation path and TRL's
+          GRPOTrainer do (:func:`manyminds.rows.tokenize_prompts`): strings as raw text with the
+          tokenizer's own special tokens, conversations through the chat template with the
+          generation prompt; rows are left-padded. Rows are built from ``minds``:
 
           * ``int n``: every prompt is answered by minds ``0 .. n-1`` (prompt-major rows);
           * a list with one id per prompt: paired;
@@ -281,12 +365,15 @@ class Population:
 
         ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``,
         ``temperature``, ``num_return_sequences``, ...).
+
+        Example:
+            >>> pop.generate([[{"role": "user", "content": "Name a color."}]], minds=4, max_new_tokens=8)
         """
         if isinstance(prompts, torch.Tensor) or hasattr(prompts, "keys"):
             inputs = {"input_ids": prompts} if isinstance(prompts, torch.Tensor) else dict(prompts)
             rows = inputs["input_ids"].shape[0]
             ids = check_row_ids([-1] * rows if minds is None else
-                                 (list(range(minds)) if isinstance(minds, int) else minds))
+                                (list(range(minds)) if isinstance(minds, int) else minds))
             if ids.shape[0] != rows:
                 raise ValueError(f"got {ids.shape[0]} mind ids for {rows} input rows; pass one id per row")
             with self.minds(ids), torch.no_grad():
@@ -294,28 +381,18 @@ class Population:
 
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is None:
-            raise ValueError("Population.generate needs a tokenizer for text prompts: pass tokenizer=... "
+            raise ValueError("Population.generate needs a tokenizer for text or chat prompts: pass tokenizer=... "
                              "(or Population(..., tokenizer=tok)), or pass input_ids")
-        texts, ids = self._rows(prompts, minds)
-        old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
-        tokenizer.padding_side = "left"  # decoder-only models continue from the last position
-        if old_pad is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token  # pad with eos (masked out) when there is no pad token
-        try:
-            enc = tokenizer(texts, return_tensors="pt", padding=True)
-            pad_id = tokenizer.pad_token_id
-        finally:
-            tokenizer.padding_side = old_side
-            if old_pad is None:
-                tokenizer.pad_token = None
+        rows, ids = self._rows(prompts, minds)
         device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        if pad_id is not None and "pad_token_id" not in generate_kwargs:
-            generate_kwargs["pad_token_id"] = pad_id
+        pad_id = pad_id_of(tokenizer)
+        enc = pad_left(tokenize_prompts(tokenizer, rows), pad_id, device)  # [B, T], left-padded
+        generate_kwargs.setdefault("pad_token_id", pad_id)
         with self.minds(ids), torch.no_grad():
             out = self.model.generate(**enc, **generate_kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1]:]  # [B * num_return_sequences, new]
         completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        warn_if_collapsed(completions, expand_row_ids(ids, len(completions)).tolist())
         if return_minds:
             return completions, expand_row_ids(ids, len(completions)).tolist()
         return completions
@@ -341,12 +418,9 @@ class Population:
         return select_minds(self, dataset, reward, n, **kwargs)
 
     @staticmethod
-    def _rows(prompts, minds) -> tuple[list[str], torch.Tensor]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a string or a non-empty list of strings")
+    def _rows(prompts, minds) -> tuple[list, torch.Tensor]:
+        """Prompt rows (strings or conversations, :func:`~manyminds.rows.prompt_list`) and their mind ids ``[B]``."""
+        prompts = prompt_list(prompts)
         if minds is None:
             return prompts, check_row_ids([-1] * len(prompts))
         if isinstance(minds, int) and not isinstance(minds, bool):

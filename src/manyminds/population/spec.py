@@ -2,7 +2,10 @@
 device or engine (an exported checkpoint's metadata, a vLLM request).
 
 A mind is a pure function of ``(seed, mind, layer key)`` scaled by ``sigma``, applied to the
-norms that ``norms`` / ``include_qk_norms`` select, as ``noise``. The spec also records the
+norms that ``norms`` / ``include_qk_norms`` select, as ``noise``. ``sigma`` is always the
+*resolved* absolute scale of each layer's offset (``z_l = sigma_l * eps_l``): a population built
+with ``sigma_scale="weight"`` or ``sigma="calibrated"`` records its per-layer values here, and
+``sigma_scale`` / ``base_sigma`` only say how they were chosen (consumers ignore them). The spec also records the
 layout it was made for (number of perturbed norms and their width), so applying it to a model
 with other norms fails with a clear error instead of silently giving another mind.
 """
@@ -15,6 +18,7 @@ from typing import Any
 
 from .noise import NOISE_KINDS
 from .norms import NORM_SELECTIONS
+from .scale import SIGMA_SCALES
 
 __all__ = ["MindSpec"]
 
@@ -32,6 +36,10 @@ class MindSpec:
         include_qk_norms: whether per-head q/k norms are perturbed.
         num_layers: number of perturbed norms of the model the spec was made for.
         width: their width (the model's hidden size).
+        sigma_scale: provenance only: how ``sigma`` was chosen (``"absolute"``, or ``"weight"``:
+            ``sigma_l = base_sigma * rms(g_l)``, see :mod:`~manyminds.population.scale`).
+            The offsets never depend on it.
+        base_sigma: provenance only: the user's (or calibrated) sigma before per-layer scaling.
     """
 
     seed: int
@@ -42,6 +50,8 @@ class MindSpec:
     include_qk_norms: bool = False
     num_layers: int | None = None
     width: int | None = None
+    sigma_scale: str = "absolute"
+    base_sigma: float | None = None
 
     def __post_init__(self):
         for name in ("seed", "mind"):
@@ -60,6 +70,15 @@ class MindSpec:
         values = self.sigma if isinstance(self.sigma, tuple) else (self.sigma,)
         if not all(0 <= s < float("inf") for s in values):
             raise ValueError(f"mind spec: sigma must be finite and >= 0, got {self.sigma}")
+        if self.sigma_scale not in SIGMA_SCALES:
+            raise ValueError(f"mind spec: sigma_scale must be one of {', '.join(map(repr, SIGMA_SCALES))}, "
+                             f"got {self.sigma_scale!r}")
+        if self.sigma_scale != "absolute" and not isinstance(self.sigma, tuple):
+            raise ValueError("mind spec: sigma is the resolved per-layer offset scale; a spec with "
+                             f"sigma_scale={self.sigma_scale!r} needs one value per layer: build it with "
+                             "Population(model, sigma=..., sigma_scale=...).spec(mind)")
+        if self.base_sigma is not None:
+            object.__setattr__(self, "base_sigma", float(self.base_sigma))
         if self.norms not in NORM_SELECTIONS:
             raise ValueError(f"mind spec: norms must be one of {', '.join(map(repr, NORM_SELECTIONS))}, "
                              f"got {self.norms!r}")
