@@ -1,0 +1,145 @@
+"""A verifiable task on a real LM: capital cities with SmolLM2-135M-Instruct; minds vs temperature.
+
+The task: "What is the capital of <country>?" for the 60 countries bundled in
+``examples/data/smollm2_capitals.json`` (accepted spellings listed per country). It was picked
+because the model partly solves it: greedy accuracy is 71.7% (43/60), neither ~0% nor ~100%, so
+both a vote's gains and its losses can show.
+
+An answer's *final answer* is the city it names: the text after "capital of ... is" when the model
+writes that sentence, else its first clause. It is correct when an accepted spelling occurs in it.
+Per condition, with ``k`` answers per question:
+
+- per-answer accuracy (pass@1 averaged over the k answers);
+- pass@k: some answer is correct (the unbiased estimator with n = k);
+- majority vote: the most frequent final answer (ties to the first) is correct;
+- unique final answers per question.
+
+    python examples/smollm2_verifiable.py --quick     # smoke run: 8 questions, k=3
+    python examples/smollm2_verifiable.py             # full: see docs/real-lm.md for the run time
+
+Writes ``<out>/results.json`` (all answers included) and ``<out>/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+import unicodedata
+from pathlib import Path
+
+from smollm2_common import (
+    DATA,
+    Clock,
+    chat,
+    draw,
+    load_model,
+    machine,
+    parse_conditions,
+    write_json,
+)
+
+FULL = "greedy,temp:0.7,add:0.01,add:0.02,mult:0.05"
+QUICK = "greedy,temp:1.0,add:0.01"
+_SENTENCE = re.compile(r"capital of [^.\n]*? is (?:known as |called )?([^.,;:!\n(]+)", re.IGNORECASE)
+
+
+def load_capitals(path: Path = DATA / "smollm2_capitals.json") -> list[dict]:
+    """``[{"country": ..., "capital": [accepted spellings]}]`` (60 countries)."""
+    return json.loads(path.read_text())
+
+
+def _fold(text: str) -> str:
+    """Lower case without accents: "Bogotá" -> "bogota"."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower().strip()
+
+
+def final_answer(text: str) -> str | None:
+    """The city an answer names (folded), or ``None`` for an empty answer.
+
+    >>> final_answer("The capital of France is Paris.")
+    'paris'
+    >>> final_answer("Il Coriobella, Italy.")
+    'il coriobella'
+    """
+    m = _SENTENCE.search(text)
+    span = m.group(1) if m else re.split(r"[.,;:!\n]", text.strip(), maxsplit=1)[0]
+    return _fold(span) or None
+
+
+def is_correct(answer: str | None, accepted: list[str]) -> bool:
+    return answer is not None and any(_fold(a) in answer for a in accepted)
+
+
+def score(groups: list[list[str]], data: list[dict], k: int) -> dict:
+    from manyminds.metrics import majority_vote, mean_pass_at_k
+
+    finals = [[final_answer(a) for a in g] for g in groups]
+    correct = [[is_correct(f, d["capital"]) for f in fs] for fs, d in zip(finals, data)]
+    votes = [majority_vote(fs) for fs in finals]
+    return {
+        "per_answer_accuracy": sum(map(sum, correct)) / sum(map(len, correct)),
+        f"pass_at_{k}": mean_pass_at_k(correct, k),
+        "majority_vote_accuracy": sum(is_correct(v, d["capital"]) for v, d in zip(votes, data)) / len(data),
+        "unique_answers": sum(len({f for f in fs if f is not None}) for fs in finals) / len(finals),
+        "empty_share": sum(f is None for fs in finals for f in fs) / sum(map(len, finals)),
+    }
+
+
+def table(results: dict) -> str:
+    k = results["settings"]["k"]
+    lines = [f"| condition | per-answer accuracy | pass@{k} | majority vote of {k} | unique answers / {k} | empty |",
+             "|" + "---|" * 6]
+    for name, r in results["conditions"].items():
+        lines.append(f"| {name} | {r['per_answer_accuracy']:.1%} | {r[f'pass_at_{k}']:.1%} | "
+                     f"{r['majority_vote_accuracy']:.1%} | {r['unique_answers']:.2f} | {r['empty_share']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 8 questions, k=3, " + QUICK)
+    parser.add_argument("--conditions", default=None, help=f"comma-separated (default: {FULL})")
+    parser.add_argument("--questions", type=int, default=None, help="use the first N bundled countries (default: all)")
+    parser.add_argument("--k", type=int, default=4, help="answers per question and condition")
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0, help="mind population seed and sampling seed")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("smollm2-verifiable"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.conditions, args.questions, args.k = args.conditions or QUICK, args.questions or 8, 3
+    if args.k < 1:
+        parser.error("--k must be >= 1")
+    conditions = parse_conditions(args.conditions or FULL)
+
+    clock = Clock()
+    model, tokenizer = load_model(args.threads)
+    data = load_capitals()[:args.questions]
+    prompts = [chat(f"What is the capital of {d['country']}?") for d in data]
+    results = {"settings": {**{k: str(v) for k, v in vars(args).items()}, "k": args.k, "n_questions": len(data)},
+               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "conditions": {}, "answers": {}, "seconds": clock.seconds}
+    for cond in conditions:
+        t0 = time.time()
+        groups = draw(model, tokenizer, prompts, cond, args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      batch_size=args.batch_size)
+        r = results["conditions"][cond.name] = score(groups, data, args.k)
+        results["answers"][cond.name] = groups
+        print(f"{cond.name}: per-answer {r['per_answer_accuracy']:.1%}  pass@{args.k} {r[f'pass_at_{args.k}']:.1%}  "
+              f"vote {r['majority_vote_accuracy']:.1%}  unique {r['unique_answers']:.2f}  "
+              f"({clock.lap(cond.name, t0)} s)", flush=True)
+        write_json(args.out / "results.json", results)  # after every condition: a stopped run keeps its numbers
+    results["total_seconds"] = clock.total
+    write_json(args.out / "results.json", results)
+    text = table(results)
+    (args.out / "results.md").write_text(text)
+    print()
+    print(text)
+    print(f"total {results['total_seconds']} s; wrote {args.out}/results.json, results.md")
+
+
+if __name__ == "__main__":
+    main()
