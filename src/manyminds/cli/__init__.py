@@ -58,8 +58,8 @@ def _options(
 
 
 # Each module defines ``register(app)``; a module is added here once it exists.
-_AREAS = ["manyminds.cli.foundation", "manyminds.cli.train",
-          "manyminds.cli.evaluate"]
+_AREAS = ["manyminds.cli.foundation", "manyminds.cli.train", "manyminds.cli.critical",
+          "manyminds.cli.evaluate", "manyminds.cli.calibrate"]
 
 for _name in _AREAS:
     try:

@@ -310,7 +310,8 @@ def _renyi(command: str, argv: list[str]) -> None:
     seconds = time.perf_counter() - start
     trainer.save_model(config.output_dir)
     run = {"kind": command, "model": model_args.model_name_or_path,
-           "task": None if data_args.data else data_args.task, "data": data_args.data,
+           "task": None if data_args.data else data_args.task, "task_knobs": data_args.task_knobs,
+           "data": data_args.data,
            "num_members": config.num_members, "alpha": config.alpha, "r": config.r,
            "max_steps": config.max_steps, "seconds": round(seconds, 2), "log_history": trainer.state.log_history}
     Path(config.output_dir, RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
@@ -335,6 +336,7 @@ def _ensemble_table(title: str, history: list[dict], num_members: int):
     table.add_section()
     table.add_row("loss", f(first, "loss"), f(last, "loss"), "", "")
     table.add_row("effective members", f(first, "effective_members"), f(last, "effective_members"), "", "")
+    table.add_row("dead members", f(first, "dead_members"), f(last, "dead_members"), "", "")
     return table
 
 

@@ -132,7 +132,8 @@ def _cg(matvec, b: list[torch.Tensor], iters: int, tol: float) -> list[torch.Ten
 
 def critical_alpha_from_loglik(batches: Sequence[BatchLoglik], params: Sequence[torch.Tensor], *,
                                num_examples: int, damping: float = 1e-4, iters: int = 30,
-                               cg_iters: int = 50, tol: float = 1e-4, seed: int = 0) -> CriticalAlpha:
+                               cg_iters: int = 50, tol: float = 1e-4, seed: int = 0,
+                               mask: Sequence[torch.Tensor] | None = None) -> CriticalAlpha:
     """Estimate ``alpha* = 1 / lambda_max(V^{-1/2} J V^{-1/2})`` at ``params``.
 
     Args:
@@ -144,6 +145,10 @@ def critical_alpha_from_loglik(batches: Sequence[BatchLoglik], params: Sequence[
         iters: maximum power iterations; ``cg_iters``: conjugate-gradient steps per solve.
         tol: stop when lambda changes by less than ``tol`` (relative).
         seed: seed of the random start vector (a CPU generator; the global RNG is untouched).
+        mask: optional 0/1 tensors shaped like ``params``: the estimate runs in the subspace of the
+            entries that are 1 (e.g. one member's slice ``[k]`` of an ensemble's ``[K, ...]`` LoRA
+            tensors). The log-likelihoods must not depend on the other entries: then ``V v`` and
+            ``J v`` of a vector inside the subspace stay inside it, and so does every iterate.
 
     Raises:
         ValueError: no trainable parameter, or bad settings.
@@ -155,8 +160,12 @@ def critical_alpha_from_loglik(batches: Sequence[BatchLoglik], params: Sequence[
                          "requires_grad=True), e.g. the LoRA A/B tensors of a trained PEFT model")
     if num_examples < 1 or damping < 0 or iters < 1 or cg_iters < 1:
         raise ValueError("num_examples, iters and cg_iters must be >= 1 and damping >= 0")
+    if mask is not None and (len(mask) != len(params) or any(m.shape != p.shape for m, p in zip(mask, params))):
+        raise ValueError("mask must hold one tensor shaped like each parameter")
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype) for p in params]
+    if mask is not None:
+        v = [vi * m.to(vi.device, vi.dtype) for vi, m in zip(v, mask)]
 
     def v_damped(x):
         return [h + damping * xi for h, xi in zip(hessian_vp(batches, params, x, num_examples), x)]
@@ -176,4 +185,5 @@ def critical_alpha_from_loglik(batches: Sequence[BatchLoglik], params: Sequence[
         lam = new
     return CriticalAlpha(alpha_star=1.0 / lam if lam > 0 else float("inf"), lambda_max=lam, iterations=it,
                          converged=converged, damping=damping, num_examples=num_examples,
-                         num_params=sum(p.numel() for p in params))
+                         num_params=sum(p.numel() for p in params) if mask is None
+                         else int(sum(float(m.sum()) for m in mask)))

@@ -13,6 +13,7 @@ saving never resumes from a half-written ``checkpoint-N``.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from manyminds.ensemble.lora import EnsembleLoRA, EnsembleLoRAConfig
 from manyminds.ensemble.objectives import effective_members, gaussian_prior, responsibility_entropy
 from manyminds.rows import completion_logits_to_keep
+
+from .callbacks import DeadMemberMonitor, reinit_member
+
+logger = logging.getLogger(__name__)
 
 MEMBERS_DIR = "members"
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint-N without it is incomplete
@@ -50,6 +55,19 @@ class EnsembleArguments(EnsembleLoRAConfig):
                 "(cut from the right only if it alone is longer); None = no truncation."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Set the base model's dropout to 0 (stable reference and responsibilities)."})
+    alpha_warmup_steps: int = field(default=0, metadata={
+        "help": "Raise alpha linearly from 0 to `alpha` over the first N optimizer steps (0 = off): members "
+                "first all fit the data (a deep ensemble), then specialise; the objective ends at `alpha`."})
+    dead_member_share: float = field(default=0.02, metadata={
+        "help": "A member is dead when its mean responsibility over a logging window stays below this "
+                "share (uniform = 1/num_members) for `dead_member_patience` windows in a row; 0 = never."})
+    dead_member_patience: int = field(default=3, metadata={
+        "help": "Consecutive logging windows below `dead_member_share` before a member counts as dead."})
+    dead_member_action: str = field(default="warn", metadata={
+        "help": "'warn': log a warning and the metric dead_members; 'reinit': also re-initialise each dead "
+                "member from the living member with the largest share (copy + noise, donor's optimizer state)."})
+    reinit_noise: float = field(default=0.01, metadata={
+        "help": "Noise of a re-initialised member, relative to the RMS of each copied LoRA tensor."})
 
     def check_ensemble_arguments(self) -> None:
         """The objective's checks (the LoRA fields are checked by ``EnsembleLoRAConfig.__post_init__``)."""
@@ -59,6 +77,19 @@ class EnsembleArguments(EnsembleLoRAConfig):
             raise ValueError(f"routing must be 'sequence' or 'token', got {self.routing!r}")
         if self.prior_sigma <= 0 or self.prior_weight < 0:
             raise ValueError("prior_sigma must be > 0 and prior_weight >= 0")
+        if self.alpha_warmup_steps < 0:
+            raise ValueError(f"alpha_warmup_steps must be >= 0 (0 = no warm-up), got {self.alpha_warmup_steps}")
+        if not 0.0 <= self.dead_member_share < 1.0 / self.num_members:
+            raise ValueError(f"dead_member_share must be in [0, 1/num_members) = [0, {1.0 / self.num_members:.3g}) "
+                             f"(0 = no detection), got {self.dead_member_share}")
+        if self.dead_member_patience < 1:
+            raise ValueError(f"dead_member_patience must be >= 1 logging window, got {self.dead_member_patience}")
+        if self.dead_member_action not in ("warn", "reinit"):
+            raise ValueError(f"dead_member_action must be 'warn' or 'reinit', got {self.dead_member_action!r}")
+        if self.dead_member_action == "reinit" and self.num_members < 2:
+            raise ValueError("dead_member_action='reinit' needs num_members >= 2 (a living member to copy)")
+        if not self.reinit_noise >= 0:
+            raise ValueError(f"reinit_noise must be >= 0, got {self.reinit_noise}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 (a prompt token and a completion token) or None, "
                              f"got {self.max_length}")
@@ -135,17 +166,6 @@ def require_columns(dataset, needed: list[str], purpose: str) -> None:
             raise ValueError(f"dataset is missing column {name!r} ({purpose}); it has: {', '.join(have)}")
 
 
-def _as_text(tokenizer, value, prompt: bool) -> str:
-    """Plain text of a TRL column value: a string, or a conversation (list of messages)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and (not value or isinstance(value[0], dict)):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("conversational columns need a tokenizer with a chat_template")
-        return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=prompt)
-    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
-
-
 def model_accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether ``model.forward`` takes transformers' ``logits_to_keep`` argument."""
     try:
@@ -207,6 +227,44 @@ class EnsembleTrainerMixin:
     def _init_metrics(self) -> None:
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
                                                            "eval": defaultdict(list)}
+        self._dead_monitor = DeadMemberMonitor(self.ensemble.num_members, self.args.dead_member_share,
+                                               self.args.dead_member_patience)
+        self._reinit_generator = torch.Generator().manual_seed(self.args.seed)
+
+    def current_alpha(self) -> float:
+        """The Renyi order of this step: ``alpha * min(1, global_step / alpha_warmup_steps)``
+        (``alpha`` itself without warm-up). Step 0 trains at alpha = 0 (a deep ensemble)."""
+        warmup = self.args.alpha_warmup_steps
+        if warmup <= 0:
+            return float(self.args.alpha)
+        return float(self.args.alpha) * min(1.0, self.state.global_step / warmup)
+
+    def _check_dead_members(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Feed the window's mean responsibilities to the monitor; warn about, and with
+        ``dead_member_action="reinit"`` re-initialise, members that just died. Returns the metrics
+        ``dead_members`` and ``member_reinits``."""
+        K = self.ensemble.num_members
+        keys = [f"member_{k}/responsibility" for k in range(K)]
+        if self.args.dead_member_share <= 0 or K < 2 or not all(key in metrics for key in keys):
+            return {}
+        shares = [metrics[key] for key in keys]
+        dead, newly = self._dead_monitor.update(shares)
+        for k in newly:
+            living = [j for j in range(K) if j not in dead]
+            message = (f"member {k} is dead: its responsibility stayed below {self.args.dead_member_share:g} for "
+                       f"{self.args.dead_member_patience} logging windows (step {self.state.global_step}, "
+                       f"shares {', '.join(f'{x:.3f}' for x in shares)})")
+            if self.args.dead_member_action == "reinit" and living:
+                donor = max(living, key=lambda j: shares[j])
+                reinit_member(self.ensemble, k, donor, self.args.reinit_noise, self._reinit_generator,
+                              self.optimizer)
+                self._dead_monitor.revived(k)
+                message += f"; re-initialised from member {donor}"
+            else:
+                message += "; set dead_member_action='reinit' or alpha_warmup_steps to keep members alive"
+            logger.warning(message)
+        return {"dead_members": float(sum(n >= self._dead_monitor.patience for n in self._dead_monitor.below)),
+                "member_reinits": float(self._dead_monitor.reinits)}
 
     def _prior(self) -> torch.Tensor:
         """The Gaussian prior of all members' LoRA tensors (a scalar, with its gradient).
@@ -241,6 +299,8 @@ class EnsembleTrainerMixin:
         m["responsibility_entropy"].append(responsibility_entropy(w_seq).mean().item())
         m["effective_members"].append(effective_members(w_seq).mean().item())
         m["prior"].append(float(prior))
+        if self.args.alpha_warmup_steps > 0:
+            m["alpha"].append(self.current_alpha())            # the alpha this step trained with
         # member(s) taking each example: the largest responsibility, ties shared evenly
         is_top = (w_seq >= w_seq.amax(0, keepdim=True) - 1e-6).float()   # [K, B]
         share = (is_top / is_top.sum(0, keepdim=True)).mean(1)             # [K]
@@ -254,6 +314,11 @@ class EnsembleTrainerMixin:
         metrics = {key: sum(v) / len(v) for key, v in self._metrics[mode].items() if v}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        elif "loss" in logs:  # a training log line (not the end-of-training summary)
+            metrics.update(self._check_dead_members(metrics))
+            for callback in self.callback_handler.callbacks:  # e.g. CriticalAlphaCallback's alpha*
+                if hasattr(callback, "pop_logs"):
+                    metrics.update(callback.pop_logs())
         logs = {**logs, **metrics}
         super().log(logs, start_time)
         self._metrics[mode].clear()

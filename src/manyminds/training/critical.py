@@ -12,6 +12,7 @@ from spreading K members away from that single solution; below it, they stay tog
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -20,41 +21,60 @@ from manyminds.ensemble.stability import CriticalAlpha, critical_alpha_from_logl
 
 from .sft import SFTCollator, prepare_sft_dataset
 
-__all__ = ["critical_alpha"]
+__all__ = ["critical_alpha", "describe", "train_single_adapter"]
 
 
-def _adapter_parameters(model: nn.Module) -> list:
+def _adapter_parameters(model: nn.Module, member: int | None) -> tuple[list, list | None]:
+    """``(params, mask)``: the trainable adapter tensors, and for one member of a K > 1 ensemble the
+    0/1 masks of its slices ``[member]`` (else ``None``)."""
     if isinstance(model, EnsembleLoRA):
-        if model.num_members != 1:
-            raise ValueError(f"critical alpha is defined at a single solution: pass one adapter (a K=1 ensemble "
-                             f"or a PEFT LoRA model), not a K={model.num_members} ensemble")
-        return list(model.lora_parameters())
+        params = list(model.lora_parameters())
+        if member is None:
+            if model.num_members != 1:
+                raise ValueError(f"critical alpha is defined at a single solution: pass one adapter (a K=1 "
+                                 f"ensemble or a PEFT LoRA model), or member=k to view member k of this "
+                                 f"K={model.num_members} ensemble as one")
+            return params, None
+        if not 0 <= member < model.num_members:
+            raise ValueError(f"member must be in [0, {model.num_members - 1}], got {member}")
+        masks = []
+        for p in params:
+            m = torch.zeros_like(p)
+            m[member] = 1
+            masks.append(m)
+        return params, masks
+    if member is not None:
+        raise ValueError(f"member={member} selects a member of an EnsembleLoRA; {type(model).__name__} is one "
+                         f"adapter: leave member unset")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters: pass a trained LoRA adapter, e.g. "
                          "peft.get_peft_model(model, LoraConfig(...)) trained with SFT, or a K=1 EnsembleLoRA")
-    return params
+    return params, None
 
 
 def critical_alpha(model: nn.Module, tokenizer, dataset, *, max_examples: int = 64, batch_size: int = 16,
                    max_length: int | None = 512, damping: float = 1e-4, iters: int = 30, cg_iters: int = 50,
-                   tol: float = 1e-4, seed: int = 0) -> CriticalAlpha:
+                   tol: float = 1e-4, seed: int = 0, member: int | None = None) -> CriticalAlpha:
     """``alpha*`` at ``model``'s trainable adapter on the first ``max_examples`` rows of ``dataset``.
 
     Args:
-        model: a PEFT LoRA model (its trainable parameters are the adapter) or a K=1 ``EnsembleLoRA``.
+        model: a PEFT LoRA model (its trainable parameters are the adapter), a K=1 ``EnsembleLoRA``,
+            or a K > 1 ``EnsembleLoRA`` with ``member``.
         tokenizer: the tokenizer.
         dataset: TRL-format SFT data (``prompt`` + ``completion``, ``text`` or ``messages``).
         max_examples: N, examples used (the first N rows).
         batch_size: rows per forward.
         max_length, damping, iters, cg_iters, tol, seed: see
             :func:`~manyminds.ensemble.stability.critical_alpha_from_loglik`.
+        member: for a K > 1 ensemble, the member viewed as the single adapter (its rows run member
+            ``member``; the other members' tensors are held fixed and play no role).
 
     Raises:
-        ValueError: no trainable adapter, or a K > 1 ensemble.
+        ValueError: no trainable adapter, or a K > 1 ensemble without ``member``.
         CurvatureError: the adapter is not at a minimum of the NLL (train longer or raise ``damping``).
     """
-    params = _adapter_parameters(model)
+    params, mask = _adapter_parameters(model, member)
     n = min(max_examples, len(dataset))
     if n < 1:
         raise ValueError("critical alpha needs at least one example")
@@ -70,7 +90,7 @@ def critical_alpha(model: nn.Module, tokenizer, dataset, *, max_examples: int = 
             mask = batch["completion_mask"][:, 1:].to(device)
             kwargs = {"input_ids": ids, "attention_mask": batch["attention_mask"].to(device), "use_cache": False}
             if isinstance(model, EnsembleLoRA):
-                with model.members([0] * ids.shape[0]):
+                with model.members([member or 0] * ids.shape[0]):
                     logits = model(**kwargs).logits
             else:
                 logits = model(**kwargs).logits
@@ -87,6 +107,49 @@ def critical_alpha(model: nn.Module, tokenizer, dataset, *, max_examples: int = 
         with sdpa_kernel([SDPBackend.MATH]):
             return critical_alpha_from_loglik([loglik_of(b) for b in batches], params, num_examples=n,
                                               damping=damping, iters=iters, cg_iters=cg_iters, tol=tol,
-                                              seed=seed)
+                                              seed=seed, mask=mask)
     finally:
         model.train(was_training)
+
+
+def train_single_adapter(model: nn.Module, tokenizer, dataset, *, steps: int = 200, r: int = 4,
+                         lora_alpha: float | None = None, target_modules=None, learning_rate: float = 3e-3,
+                         batch_size: int = 16, seed: int = 0, output_dir: str | None = None,
+                         **config) -> EnsembleLoRA:
+    """Train one LoRA adapter (a K = 1 Renyi SFT, i.e. plain SFT: at K = 1 every alpha gives the
+    NLL) for ``steps`` optimizer steps at a constant learning rate, as the single solution at which
+    :func:`critical_alpha` is evaluated.
+
+    Returns:
+        The K = 1 :class:`~manyminds.ensemble.EnsembleLoRA` wrapping ``model`` (its adapter trained).
+    """
+    import tempfile
+
+    from .sft import RenyiSFTConfig, RenyiSFTTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = RenyiSFTConfig(output_dir=output_dir or tmp, num_members=1, alpha=0.0, r=r,
+                              lora_alpha=lora_alpha if lora_alpha is not None else 2 * r,
+                              target_modules=target_modules, max_steps=steps, per_device_train_batch_size=batch_size,
+                              learning_rate=learning_rate, lr_scheduler_type="constant", save_strategy="no",
+                              logging_steps=max(1, steps // 5), disable_tqdm=True, seed=seed,
+                              dataloader_pin_memory=False, report_to="none", **config)
+        trainer = RenyiSFTTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+    return trainer.ensemble
+
+
+def describe(result: CriticalAlpha, alpha: float | None = None) -> str:
+    """One sentence on what ``result`` means, for ``alpha`` if given."""
+    star = result.alpha_star
+    if alpha is None:
+        if star >= 1:
+            return (f"alpha* = {star:.3g} >= 1: no alpha in [0, 1] makes spreading the members pay at this "
+                    "solution (the data look well specified for one adapter)")
+        return f"members gain from spreading for alpha > {star:.3g}; below it they stay together"
+    if alpha > star:
+        return (f"alpha = {alpha:g} > alpha* = {star:.3g}: spreading pays, expect members to specialise "
+                f"(alpha / alpha* = {alpha / star:.2f})")
+    return (f"alpha = {alpha:g} <= alpha* = {star:.3g}: the single solution is stable, expect members to stay "
+            f"together (raise alpha above {star:.3g} for specialists)" if star <= 1 else
+            f"alpha = {alpha:g} <= alpha* = {star:.3g}: no alpha in [0, 1] spreads the members here")

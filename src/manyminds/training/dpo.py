@@ -21,7 +21,6 @@ from manyminds.rows import encode_completions, pad_rows, sequence_token_logps
 from .common import (
     EnsembleTrainerMixin,
     RenyiTrainingArguments,
-    _as_text,
     completion_logits_kwargs,
     require_columns,
 )
@@ -55,15 +54,9 @@ def prepare_dpo_dataset(dataset, tokenizer, max_length: int | None):
     require_columns(dataset, ["prompt", "chosen", "rejected"], "DPO needs prompt, chosen, rejected")
 
     def fn(row):
-        prompt = _as_text(tokenizer, row["prompt"], prompt=True)
-        responses = []
-        for key in ("chosen", "rejected"):
-            response = row[key]
-            if not isinstance(response, str):
-                response = _as_text(tokenizer, row["prompt"] + response, prompt=False)[len(prompt):]
-            responses.append(response)
-        # one prompt, cut from the left if needed, shared by both responses
-        chosen, rejected = encode_completions(tokenizer, prompt, responses, max_length)
+        # strings or conversations, tokenised as TRL's DPOTrainer does; one prompt, cut from the left
+        # if needed, shared by both responses
+        chosen, rejected = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], max_length)
         return {"chosen_ids": chosen["input_ids"], "chosen_mask": chosen["completion_mask"],
                 "rejected_ids": rejected["input_ids"], "rejected_mask": rejected["completion_mask"]}
 
@@ -116,7 +109,7 @@ class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
                  * mask).sum(-1)                                                   # [K, 2B]
         chosen, rejected = logps[:, :B], logps[:, B:]                              # [K, B] each
         loss, w = renyi_dpo_loss(chosen, rejected, ref_logps[:B], ref_logps[B:],
-                                 beta=self.args.beta, alpha=self.args.alpha)
+                                 beta=self.args.beta, alpha=self.current_alpha())
         prior = self._prior()
         loss = loss + prior
         with torch.no_grad():

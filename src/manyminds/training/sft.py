@@ -23,7 +23,6 @@ from manyminds.rows import encode_pair, pad_rows, sequence_token_logps
 from .common import (
     EnsembleTrainerMixin,
     RenyiTrainingArguments,
-    _as_text,
     completion_logits_kwargs,
     require_columns,
 )
@@ -44,11 +43,9 @@ def prepare_sft_dataset(dataset, tokenizer, max_length: int | None):
     if "input_ids" in cols and "completion_mask" in cols:
         return dataset
     if "messages" in cols and "prompt" not in cols:
-        def fn(row):
+        def fn(row):  # the last message is the completion (the chat template applied once, as TRL)
             messages = row["messages"]
-            prompt = _as_text(tokenizer, messages[:-1], prompt=True) if len(messages) > 1 else ""
-            full = _as_text(tokenizer, messages, prompt=False)
-            return encode_pair(tokenizer, prompt, full[len(prompt):], max_length)
+            return encode_pair(tokenizer, messages[:-1], messages[-1:], max_length)
     elif "text" in cols and "prompt" not in cols:
         def fn(row):
             return encode_pair(tokenizer, "", row["text"], max_length)
@@ -56,13 +53,8 @@ def prepare_sft_dataset(dataset, tokenizer, max_length: int | None):
         require_columns(dataset, ["prompt", "completion"],
                         "SFT needs prompt+completion, text, or messages")
 
-        def fn(row):
-            prompt = _as_text(tokenizer, row["prompt"], prompt=True)
-            completion = row["completion"]
-            if not isinstance(completion, str):
-                full = _as_text(tokenizer, row["prompt"] + completion, prompt=False)
-                completion = full[len(prompt):]
-            return encode_pair(tokenizer, prompt, completion, max_length)
+        def fn(row):  # strings or conversations, tokenised as TRL's SFTTrainer does
+            return encode_pair(tokenizer, row["prompt"], row["completion"], max_length)
     return dataset.map(fn, desc="tokenizing")
 
 
@@ -113,9 +105,9 @@ class RenyiSFTTrainer(EnsembleTrainerMixin, Trainer):
         mask = comp[:, 1:].to(token_logps.dtype)                               # [B, T-1]
         token_logps = token_logps.view(K, B, T - 1) * mask                     # [K, B, T-1]
         if self.args.routing == "token":
-            loss, w = renyi_loss(token_logps, self.args.alpha, mask=mask)
+            loss, w = renyi_loss(token_logps, self.current_alpha(), mask=mask)
         else:
-            loss, w = renyi_loss(token_logps.sum(-1), self.args.alpha)
+            loss, w = renyi_loss(token_logps.sum(-1), self.current_alpha())
         prior = self._prior()
         loss = loss + prior
         n_tokens = mask.sum().clamp_min(1.0)
