@@ -28,7 +28,7 @@ def test_smollm2_population_answers_a_chat_prompt_in_english(monkeypatch):
     from manyminds.population import Population
 
     model, tok = manyminds.load(SMOL)
-    pop = Population(model, sigma=0.02, seed=0, tokenizer=tok)
+    pop = Population(model, sigma=0.01, seed=0, tokenizer=tok)
     answers = pop.generate([[{"role": "user", "content": "What is the capital of France?"}]], minds=2,
                            max_new_tokens=20)
     assert len(answers) == 2
