@@ -171,3 +171,20 @@ class Clock:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def new_results(args, clock: Clock, **counts) -> dict:
+    """The results record of a run: its settings (``args`` plus ``counts``), machine, date and clock."""
+    return {"settings": {**{k: str(v) for k, v in vars(args).items()}, "k": args.k, **counts},
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "conditions": {}, "answers": {}, "seconds": clock.seconds}
+
+
+def write_results(out: Path, results: dict, clock: Clock, table_text: str, *also: str) -> None:
+    """End of a run: total time, ``results.json`` and ``results.md`` under ``out``, the table printed."""
+    results["total_seconds"] = clock.total
+    write_json(out / "results.json", results)
+    (out / "results.md").write_text(table_text)
+    print()
+    print(table_text)
+    print(f"total {results['total_seconds']} s; wrote {out}/results.json, {', '.join(('results.md', *also))}")

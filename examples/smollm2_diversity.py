@@ -33,9 +33,10 @@ from smollm2_common import (
     chat,
     draw,
     load_model,
-    machine,
+    new_results,
     parse_conditions,
     write_json,
+    write_results,
 )
 
 FULL = "greedy,temp:0.7,add:0.01,add:0.02,add:0.05,mult:0.05"
@@ -152,9 +153,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_model(args.threads)
     data = spread(load_prompts(), args.prompts)
     prompts = [chat(d["prompt"]) for d in data]
-    results = {"settings": {**{k: str(v) for k, v in vars(args).items()}, "k": args.k, "n_prompts": len(prompts)},
-               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "conditions": {}, "answers": {}, "seconds": clock.seconds}
+    results = new_results(args, clock, n_prompts=len(prompts))
     for cond in conditions:
         t0 = time.time()
         groups = draw(model, tokenizer, prompts, cond, args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -170,15 +169,9 @@ def main(argv=None) -> None:
               flush=True)
         print(f"    e.g. {data[0]['prompt']!r} -> {groups[0][:2]!r}", flush=True)
         write_json(args.out / "results.json", results)  # after every condition: a stopped run keeps its numbers
-    results["total_seconds"] = clock.total
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    text = table(results)
-    (args.out / "results.md").write_text(text)
     plot(results, args.out / "smollm2_diversity.png")
-    print()
-    print(text)
-    print(f"total {results['total_seconds']} s; wrote {args.out}/results.json, results.md, smollm2_diversity.png")
+    write_results(args.out, results, clock, table(results), "smollm2_diversity.png")
 
 
 if __name__ == "__main__":

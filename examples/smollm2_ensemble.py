@@ -29,7 +29,7 @@ from pathlib import Path
 
 import ensemble_evidence as ev
 import torch
-from smollm2_common import MODEL, Clock, machine, write_json
+from smollm2_common import MODEL, Clock, machine, write_results
 
 from manyminds.tasks import load_task
 
@@ -121,13 +121,7 @@ def main(argv=None) -> None:
               f"route shares {r['route_shares']}  ({results['seconds'][f'train {name}']} s train, "
               f"{results['seconds'][f'analyse {name}']} s analyse)", flush=True)
         del ensemble
-    results["total_seconds"] = clock.total
-    write_json(args.out / "results.json", results)
-    text = table(results)
-    (args.out / "results.md").write_text(text)
-    print()
-    print(text)
-    print(f"total {results['total_seconds']} s; wrote {args.out}/results.json, results.md")
+    write_results(args.out, results, clock, table(results))
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ from smollm2_common import (
     chat,
     draw,
     load_model,
-    machine,
+    new_results,
     parse_conditions,
     write_json,
+    write_results,
 )
 
 FULL = "greedy,temp:0.7,add:0.01,add:0.02,mult:0.05"
@@ -119,9 +120,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_model(args.threads)
     data = load_capitals()[:args.questions]
     prompts = [chat(f"What is the capital of {d['country']}?") for d in data]
-    results = {"settings": {**{k: str(v) for k, v in vars(args).items()}, "k": args.k, "n_questions": len(data)},
-               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "conditions": {}, "answers": {}, "seconds": clock.seconds}
+    results = new_results(args, clock, n_questions=len(data))
     for cond in conditions:
         t0 = time.time()
         groups = draw(model, tokenizer, prompts, cond, args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -132,13 +131,7 @@ def main(argv=None) -> None:
               f"vote {r['majority_vote_accuracy']:.1%}  unique {r['unique_answers']:.2f}  "
               f"({clock.lap(cond.name, t0)} s)", flush=True)
         write_json(args.out / "results.json", results)  # after every condition: a stopped run keeps its numbers
-    results["total_seconds"] = clock.total
-    write_json(args.out / "results.json", results)
-    text = table(results)
-    (args.out / "results.md").write_text(text)
-    print()
-    print(text)
-    print(f"total {results['total_seconds']} s; wrote {args.out}/results.json, results.md")
+    write_results(args.out, results, clock, table(results))
 
 
 if __name__ == "__main__":
