@@ -42,7 +42,8 @@ def _grpo_kwargs(tmp_path, **over):
     kw = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4,
               "max_completion_length": 8, "max_steps": 2, "learning_rate": 0.1, "logging_steps": 1, "report_to": "none",
               "save_strategy": "no", "use_cpu": True, "seed": 0, "mind_sigma": 0.5,
-              "bf16": False}  # explicit: TRL's GRPOConfig defaults to bf16, ours to fp32 on CPU
+              "bf16": False,  # explicit: TRL's GRPOConfig defaults to bf16, ours to fp32 on CPU
+              "mind_kl_metrics": False}  # its extra log-prob passes would show in the tests that spy on minds
     kw.update(over)
     return kw
 

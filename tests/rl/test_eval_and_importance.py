@@ -64,7 +64,7 @@ def test_eval_rollouts_come_from_the_mean_model_by_default(make_model, char_toke
 
 def test_eval_rollouts_use_minds_when_asked(make_model, char_tokenizer, arith_ds, tmp_path, monkeypatch):
     trainer = _trainer(make_model(), char_tokenizer, arith_ds, tmp_path, eval_dataset=arith_ds.select(range(2)),
-                       per_device_eval_batch_size=4, mind_logprobs="mind", mind_eval=True)
+                       per_device_eval_batch_size=4, mind_logprobs="mind", mind_eval=True, mind_kl_metrics=False)
     minds, batches = _record(monkeypatch)
     trainer.evaluate()
     assert [ids for _, ids in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # fresh minds, eval's own counter
@@ -113,7 +113,7 @@ def test_truncated_importance_ratio_by_hand_float64():
 def test_importance_weights_match_a_hand_computation(make_model, char_tokenizer, arith_ds, tmp_path, monkeypatch):
     cap, sigma = 1.1, 0.5
     seen = []
-    original = PopulationGRPOTrainer._importance_correct
+    original = PopulationGRPOTrainer._mind_corrections
 
     def spy(self, output):
         before = output["advantages"].clone()
@@ -122,7 +122,7 @@ def test_importance_weights_match_a_hand_computation(make_model, char_tokenizer,
                      {k: output[k].clone() for k in ("prompt_ids", "prompt_mask", "completion_ids",
                                                      "completion_mask", "mind_ids")}))
 
-    monkeypatch.setattr(PopulationGRPOTrainer, "_importance_correct", spy)
+    monkeypatch.setattr(PopulationGRPOTrainer, "_mind_corrections", spy)
     # bf16=False: TRL's CPU default autocasts to bfloat16 (log-prob errors ~1e-3); float32 here
     trainer = _trainer(make_model(), char_tokenizer, arith_ds, tmp_path, max_steps=1, mind_sigma=sigma,
                        mind_importance_correction=cap, bf16=False)

@@ -102,12 +102,12 @@ def test_mean_logprobs_use_the_noise_free_model_for_the_loss(make_model, char_to
 
 def _plain_and_population(make_model, tok, ds, tmp_path, sigma, mind_logprobs):
     kw = grpo_kwargs(tmp_path, max_steps=2)
-    for key in ("mind_sigma",):
+    for key in ("mind_sigma", "mind_kl_metrics"):
         kw.pop(key)
     plain = GRPOTrainer(make_model(), reward_funcs=varied_reward, args=GRPOConfig(**kw), train_dataset=ds,
                         processing_class=tok)
     plain.train()
-    pop_args = PopulationGRPOConfig(**kw, mind_sigma=sigma, mind_logprobs=mind_logprobs)
+    pop_args = PopulationGRPOConfig(**kw, mind_sigma=sigma, mind_logprobs=mind_logprobs, mind_kl_metrics=False)
     population = PopulationGRPOTrainer(make_model(), reward_funcs=varied_reward, args=pop_args, train_dataset=ds,
                                        processing_class=tok)
     population.train()

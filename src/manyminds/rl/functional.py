@@ -38,6 +38,67 @@ def truncated_importance_ratio(target_logps: torch.Tensor, behaviour_logps: torc
     return torch.exp(diff).clamp(max=cap)
 
 
+def mind_log_weights(target_logps: torch.Tensor, behaviour_logps: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Per-rollout log sequence weight ``log w_b = sum_t mask_bt * (log p_target - log p_behaviour)``.
+
+    ``w_b = prod_t p_mean(y_t) / p_mind(y_t)`` is what a sequence-level importance correction (TRL's
+    ``sequence_mask`` / ``sequence_truncate``) would multiply rollout ``b``'s loss by if it compared
+    the mean model with the mind that sampled it; a diagnostic of how off-policy the minds are.
+
+    Args:
+        target_logps, behaviour_logps: ``[B, T]`` log-probs of the sampled tokens.
+        mask: ``[B, T]`` completion mask.
+
+    Returns:
+        ``[B]`` float tensor, detached.
+    """
+    diff = (target_logps - behaviour_logps).detach()
+    return torch.where(mask.bool(), diff, torch.zeros_like(diff)).sum(dim=1)
+
+
+def mind_kl(mind_logps: torch.Tensor, mean_logps: torch.Tensor, mask: torch.Tensor) -> float:
+    """Monte-Carlo estimate of the mean per-token ``KL(p_mind || p_mean)`` from the rollouts.
+
+    The tokens were sampled by their minds, so
+    ``KL = E_{y ~ mind}[log p_mind(y) - log p_mean(y)] ~= sum_bt m_bt (l^mind_bt - l^mean_bt) / sum_bt m_bt``
+    (an unbiased estimate of the per-token KL of the sampled prefixes; it can be slightly negative
+    on few tokens).
+
+    Args:
+        mind_logps, mean_logps: ``[B, T]`` log-probs of the sampled tokens under the rollout's mind
+            and under the mean model.
+        mask: ``[B, T]`` completion mask.
+
+    Returns:
+        The estimate in nats per token (``nan`` without any completion token).
+    """
+    valid = mask.bool()
+    if not valid.any():
+        return float("nan")
+    return (mind_logps - mean_logps).detach()[valid].double().mean().item()
+
+
+def adapted_sigma(sigma: float, kl: float, target: float, rate: float = 0.5,
+                  bounds: tuple[float, float] = (1e-6, 10.0)) -> float:
+    """One step of the sigma controller that keeps the rollouts' per-token KL(mind || mean) at ``target``.
+
+    For small offsets ``KL ~ c * sigma^2`` (second order in the perturbation), so the sigma that hits
+    the target is ``sigma * sqrt(target / kl)``; the step moves part of the way in log space:
+
+        log sigma' = log sigma + rate * 0.5 * (log target - log kl),   clipped to ``bounds``
+
+    (``rate = 1`` jumps to the quadratic estimate; smaller values damp the noise of the KL estimate).
+    A KL that is not positive (too few tokens, noise) leaves sigma unchanged.
+    """
+    import math
+
+    if not (kl > 0 and math.isfinite(kl)):
+        return sigma
+    new = math.exp(math.log(sigma) + rate * 0.5 * (math.log(target) - math.log(kl)))
+    return min(max(new, bounds[0]), bounds[1])
+
+
 def group_unique_answers(answers: Sequence[str | None], num_generations: int) -> list[int]:
     """Number of distinct final answers in each group of ``num_generations`` consecutive rollouts.
 

@@ -9,9 +9,13 @@ points, always calling ``super()``:
   model being trained;
 - ``_generate_and_score_completions``: puts the per-row ``mind_ids`` tensor in the batch dict, so
   the ids travel with their rows through TRL's ``shuffle_sequence_dict``/``split_tensor_dict``;
-  optionally weights the advantages by the truncated importance ratio mean-model / mind;
+  makes the update the same on every engine (on vLLM, TRL's engine correction compares
+  log-probs under the *same* mind; the mean model's old log-probs replace them where the update
+  needs them); optionally weights the advantages by the truncated importance ratio mean-model /
+  mind; logs KL(mind || mean) of the rollouts and adapts sigma towards ``mind_kl_target``;
 - ``_get_per_token_logps_and_entropies``: with ``mind_logprobs="mind"`` every log-prob pass
-  (old, reference, current) runs each chunk of rows under exactly that chunk's minds;
+  (old, reference, current) runs each chunk of rows under exactly that chunk's minds; on vLLM the
+  old pass always does;
 - ``_compute_loss``: reads the batch's ``mind_ids`` for the current log-probs;
 - ``_calculate_rewards``: label-free rewards (majority vote over the gathered groups, label
   columns dropped) and population metrics (answer diversity, zero-variance groups, reward by mind);
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,7 +48,9 @@ from manyminds.rewards import (
 )
 from manyminds.rl.assignment import assign_minds
 from manyminds.rl.functional import (
+    adapted_sigma,
     group_unique_answers,
+    mind_log_weights,
     reward_by_mind,
     truncated_importance_ratio,
     zero_variance_fraction,
@@ -140,6 +147,8 @@ class PopulationGRPOTrainer(GRPOTrainer):
         self._eval_mind_calls = 0  # evaluation's own counter (mind_eval=True): training's minds never depend on it
         self._rollout_mind_ids: torch.Tensor | None = None  # local rows of the batch being generated/scored
         self._logp_mind_ids: torch.Tensor | None = None  # rows of the log-prob pass under way (None = mean model)
+        self._old_pass_mind_ids: torch.Tensor | None = None  # vLLM: minds of TRL's next (old) log-prob pass
+        self._last_kl: float | None = None  # rollouts' KL(mind || mean) of the last training generation
         self._backward_minds: contextlib.ExitStack | None = None  # minds kept active until backward is done
 
     # ------------------------------------------------------------------ population
@@ -183,16 +192,29 @@ class PopulationGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            self._adapt_sigma()  # between generations: every log-prob pass of a buffer sees one sigma
         ids = self._next_mind_ids(len(prompt_ids), mode)
         self._rollout_mind_ids = ids
         # Mean-model rollouts (evaluation by default) run without hooks: exactly the model being trained.
-        context = contextlib.nullcontext() if self._all_mean(ids) else self.population.minds(ids)
-        with context:
+        # vLLM rollouts carry their minds in the requests (grpo_vllm.MindRolloutLLM): no HF forward runs here.
+        hooks = not (self._all_mean(ids) or self.use_vllm)
+        with self.population.minds(ids) if hooks else contextlib.nullcontext():
             out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                 has_tool_images=has_tool_images)
         # TRL computes old/reference log-probs right after generation, inside the same call.
         self._logp_mind_ids = ids if self.args.mind_logprobs == "mind" and not self._all_mean(ids) else None
+        # On vLLM, TRL's first log-prob pass after generation gives the "old" log-probs that its engine
+        # correction compares with vLLM's sampling log-probs. vLLM sampled under each row's mind, so that
+        # pass runs under the same minds: the correction then measures engine numerics only, never
+        # p_mean / p_mind (whose product over a sequence would zero most rollouts). TRL 1.16 computes the
+        # old pass before the reference pass; the reference pass keeps the mind_logprobs rule.
+        self._old_pass_mind_ids = ids if self._engine_correction() and not self._all_mean(ids) else None
         return out
+
+    def _engine_correction(self) -> bool:
+        """Whether TRL corrects vLLM-vs-trainer numerics (``use_vllm`` with its importance sampling on)."""
+        return bool(self.use_vllm and self.vllm_importance_sampling_correction)
 
     def _generate_and_score_completions(self, inputs):
         try:
@@ -201,18 +223,20 @@ class PopulationGRPOTrainer(GRPOTrainer):
             if ids is None or ids.numel() != output["completion_ids"].size(0):
                 raise RuntimeError("population GRPO: mind ids were not assigned to every rollout row")
             output["mind_ids"] = ids
-            # Rollouts of the mean model need no correction (the ratio is exactly 1).
-            if self.args.mind_importance_correction is not None and not self._all_mean(ids):
-                self._importance_correct(output)
+            if not self._all_mean(ids):  # rollouts of the mean model need no correction (ratio exactly 1)
+                self._mind_corrections(output)
         finally:
             self._rollout_mind_ids = None
             self._logp_mind_ids = None
+            self._old_pass_mind_ids = None
         return output
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                            **kwargs):
         ids = self._logp_mind_ids
+        if self._old_pass_mind_ids is not None:  # the old pass of a vLLM batch: under the rollouts' minds
+            ids, self._old_pass_mind_ids = self._old_pass_mind_ids, None
         if self._all_mean(ids):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -278,34 +302,103 @@ class PopulationGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ helpers
 
-    def _importance_correct(self, output: dict[str, Any]) -> None:
-        """Weight the advantages ``[B] -> [B, T]`` by ``min(p_mean / p_mind, cap)`` per token."""
+    def _completion_logps(self, output: dict[str, Any], mind_ids: torch.Tensor | None) -> torch.Tensor:
+        """No-grad log-probs ``[B, C]`` of the batch's completion tokens, row ``b`` under ``mind_ids[b]``
+        (``None``: the mean model), chunked as TRL chunks its own passes."""
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)  # [B, P+C]
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         logits_to_keep = output["completion_ids"].size(1)
         mode = "train" if self.model.training else "eval"
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            with self._logps_under(output["mind_ids"]):
-                mind_logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size)
-            mean_logps = output.get("old_per_token_logps")
-            if mean_logps is None:
-                with self._logps_under(None):
-                    mean_logps, _, _ = self._get_per_token_logps_and_entropies(
-                        self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size)
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              self._logps_under(mind_ids)):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size)
+        return logps
+
+    def _old_logps_needed(self) -> bool:
+        """TRL's rule without its vLLM clause: the update needs ``old_per_token_logps`` only when generation
+        and optimisation steps are misaligned (several iterations per generation, or a split buffer)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0
+
+    def _mind_corrections(self, output: dict[str, Any]) -> None:
+        """The same update on every engine, for a batch whose rows were sampled by minds.
+
+        - vLLM: TRL's ``old_per_token_logps`` were taken under the rollouts' minds (so TRL's engine
+          correction compares like with like). With ``mind_logprobs="mean"`` the update's old log-probs
+          are the mean model's, as on transformers: replaced by the mean model's where TRL's own rule needs
+          them, else dropped (the loss then uses the current log-probs, detached, as on transformers).
+        - ``mind_importance_correction=c``: the advantages ``[B] -> [B, T]`` are weighted per token by
+          ``min(p_mean / p_mind, c)`` (trainer log-probs of both models).
+        - metrics (``mind_kl_metrics``): mean per-token KL(mind || mean), share of rollouts with sequence
+          weight ``p_mean / p_mind < 0.1``, share masked by TRL's engine correction.
+        """
+        ids = output["mind_ids"]
+        mean_mode = self.args.mind_logprobs == "mean"
+        old = output.get("old_per_token_logps")
+        mind_logps = mean_logps = None
+        if old is not None:  # TRL's old pass: under minds on vLLM or with mind_logprobs="mind", else the mean
+            if self._engine_correction() or not mean_mode:
+                mind_logps = old
+            else:
+                mean_logps = old
+        if self._engine_correction() and mean_mode:
+            output.pop("old_per_token_logps", None)
+        need_mean = self.args.mind_importance_correction is not None or self.args.mind_kl_metrics or (
+            self._engine_correction() and mean_mode and self._old_logps_needed())
+        need_mind = self.args.mind_importance_correction is not None or self.args.mind_kl_metrics
+        if need_mean and mean_logps is None:
+            mean_logps = self._completion_logps(output, None)
+        if need_mind and mind_logps is None:
+            mind_logps = self._completion_logps(output, ids)
+        if self._engine_correction() and mean_mode and self._old_logps_needed():
+            output["old_per_token_logps"] = mean_logps
         mask = output["completion_mask"]
-        ratio = truncated_importance_ratio(mean_logps, mind_logps, mask, self.args.mind_importance_correction)
-        advantages = output["advantages"]
-        output["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * ratio
-        valid = mask.bool()
-        gathered = self.accelerator.gather(ratio[valid])
-        delta = self.accelerator.gather((mean_logps - mind_logps).abs()[valid])
+        mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
-        if gathered.numel():
-            metrics["minds/importance_ratio/mean"].append(gathered.mean().item())
-            metrics["minds/importance_ratio/min"].append(gathered.min().item())
-            metrics["minds/logp_difference/mean"].append(delta.mean().item())
+        if self.args.mind_importance_correction is not None:
+            ratio = truncated_importance_ratio(mean_logps, mind_logps, mask, self.args.mind_importance_correction)
+            advantages = output["advantages"]
+            output["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * ratio
+            valid = mask.bool()
+            gathered = self.accelerator.gather(ratio[valid])
+            delta = self.accelerator.gather((mean_logps - mind_logps).abs()[valid])
+            if gathered.numel():
+                metrics["minds/importance_ratio/mean"].append(gathered.mean().item())
+                metrics["minds/importance_ratio/min"].append(gathered.min().item())
+                metrics["minds/logp_difference/mean"].append(delta.mean().item())
+        if self.args.mind_kl_metrics:
+            rows = ids != -1
+            diff = torch.where(mask.bool() & rows[:, None], (mind_logps - mean_logps).detach(),
+                               torch.zeros_like(mind_logps))
+            tokens = self.accelerator.gather((mask.bool() & rows[:, None]).sum().float().reshape(1)).sum()
+            kl = (self.accelerator.gather(diff.sum().double().reshape(1)).sum() / tokens.clamp(min=1)).item()
+            log_w = self.accelerator.gather(mind_log_weights(mean_logps, mind_logps, mask)[rows])
+            metrics["minds/kl_mind_mean"].append(kl)
+            metrics["minds/frac_weight_below_0.1"].append((log_w < math.log(0.1)).float().mean().item()
+                                                          if log_w.numel() else float("nan"))
+            metrics["minds/sigma"].append(float(self.population.base_sigma or 0.0))
+            if mode == "train":
+                self._last_kl = kl
+        if self._engine_correction() and self.args.mind_kl_metrics:
+            is_ratio = output["importance_sampling_ratio"]  # [B, 1] (sequence modes) or [B, T]
+            if is_ratio.size(1) == 1:
+                masked = is_ratio[:, 0] == 0
+            else:  # token modes: a rollout is masked when every completion token is
+                masked = ((is_ratio == 0) | ~mask.bool()).all(dim=1) & mask.bool().any(dim=1)
+            metrics["minds/frac_masked"].append(self.accelerator.gather(masked.float()).mean().item())
+
+    def _adapt_sigma(self) -> None:
+        """Adaptive sigma (``mind_kl_target``): move sigma towards the rollouts' KL target before a generation."""
+        target = self.args.mind_kl_target
+        if target is None or self._last_kl is None:
+            return
+        sigma = adapted_sigma(self.population.base_sigma, self._last_kl, target, self.args.mind_kl_rate)
+        for population in (self.population, self.ref_population):
+            if population is not None:
+                population._set_sigma(sigma)
+        self._last_kl = None
 
     def _log_population_metrics(self, mode: str, answers, rewards: torch.Tensor, mind_ids: torch.Tensor,
                                 num_generations: int) -> None:

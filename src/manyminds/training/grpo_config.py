@@ -57,6 +57,26 @@ class PopulationGRPOConfig(GRPOConfig):
                           "min(p_mean / p_mind, cap) with this cap (as TRL's vLLM importance sampling "
                           "correction, token_truncate); None disables it."},
     )
+    mind_kl_metrics: bool = field(
+        default=True,
+        metadata={"help": "Log per generation the rollouts' mean per-token KL(mind || mean) (minds/kl_mind_mean), "
+                          "the share of rollouts whose sequence weight p_mean/p_mind is below 0.1 "
+                          "(minds/frac_weight_below_0.1) and, on vLLM, the share TRL's correction masked "
+                          "(minds/frac_masked); costs one no-grad log-prob pass when the update does not "
+                          "already compute both models' log-probs."},
+    )
+    mind_kl_target: float | None = field(
+        default=None,
+        metadata={"help": "Adaptive sigma: after each generation, move mind_sigma towards the value whose rollouts "
+                          "have this mean per-token KL(mind || mean) in nats (e.g. 0.05-0.2), so the minds stay "
+                          "equally far from the policy while it trains; None keeps mind_sigma fixed. Logged as "
+                          "minds/sigma and minds/kl_mind_mean."},
+    )
+    mind_kl_rate: float = field(
+        default=0.5,
+        metadata={"help": "Step of the adaptive-sigma controller in (0, 1]: log sigma moves by rate * 0.5 * "
+                          "log(target / kl) per generation (1 jumps to the quadratic estimate)."},
+    )
     mind_eval: bool = field(
         default=False,
         metadata={"help": "Evaluation rollouts (eval_strategy) from minds as in training; False (default) "
@@ -100,6 +120,16 @@ class PopulationGRPOConfig(GRPOConfig):
             if self.loss_type in LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS:
                 raise ValueError(f"loss_type={self.loss_type!r} applies its own importance weights; set "
                                  f"mind_importance_correction=None, or use a loss_type such as 'dapo' or 'grpo'")
+        if self.mind_kl_target is not None:
+            if not 0 < self.mind_kl_target <= 10:
+                raise ValueError(f"mind_kl_target is a per-token KL in nats and must be in (0, 10] (0.05-0.2 is "
+                                 f"typical), got {self.mind_kl_target}; or None for a fixed mind_sigma")
+            if not self.mind_sigma > 0:
+                raise ValueError("mind_kl_target adapts mind_sigma, which must start > 0 (e.g. mind_sigma=0.01)")
+            if not self.mind_kl_metrics:
+                raise ValueError("mind_kl_target needs the KL measurement: set mind_kl_metrics=True")
+        if not 0 < self.mind_kl_rate <= 1:
+            raise ValueError(f"mind_kl_rate must be in (0, 1], got {self.mind_kl_rate}")
         if self.use_vllm:  # a mind per rollout row inside vLLM (colocate mode): manyminds.training.grpo_vllm
             from manyminds.training.grpo_vllm import check_vllm_config
 

@@ -12,15 +12,20 @@ this module:
   mind (the trainer's ``_rollout_mind_ids``, assigned exactly as for Hugging Face rollouts) and
   salts each row's prefix cache with its mind.
 
-The mind ids travel with the rollouts as before (``mind_ids`` in the batch dict). Log-probs:
+The mind ids travel with the rollouts as before (``mind_ids`` in the batch dict). Log-probs: the
+update is the same as on transformers (``tests/vllm/test_grpo_engines.py``):
 
-- vLLM returns each rollout's sampling log-probs under its *mind*; TRL's vLLM importance-sampling
-  correction (``vllm_importance_sampling_correction=True``, TRL's default) multiplies the loss by
-  ``min(exp(logp_old - logp_vllm), cap)``. With ``mind_logprobs="mean"`` ``logp_old`` is the
-  noise-free model's, so TRL's correction *is* the IS-corrected population mode
-  (``p_mean / p_mind``, truncated at ``vllm_importance_sampling_clip_max``); ``mind_importance_correction``
-  would apply the same ratio a second time and is refused. With ``mind_logprobs="mind"``,
-  ``logp_old`` is the mind's own, so TRL's ratio only corrects vLLM-vs-transformers numerics.
+- vLLM returns each rollout's sampling log-probs under its *mind*. TRL's vLLM importance-sampling
+  correction (``vllm_importance_sampling_correction=True``, TRL's default mode ``sequence_mask``)
+  multiplies each rollout's loss by ``exp(sum_t logp_old - logp_vllm)`` (or per token, by mode) and
+  masks ratios outside its clip range. The trainer's ``logp_old`` pass therefore runs under the
+  *same* minds, so TRL's ratio corrects engine numerics only. Comparing the mean model with the mind
+  instead would give ``prod_t p_mean / p_mind``: ``e^-9`` at 64 tokens of SmolLM2 at sigma 0.01, one
+  or two rollouts of 48 carrying the whole batch.
+- With ``mind_logprobs="mean"`` the update's own old log-probs are the mean model's, as on
+  transformers (dropped where TRL's rule does not need them). The population correction
+  ``min(p_mean / p_mind, c)`` is applied per token only where ``mind_importance_correction=c``
+  asks for it, from the trainer's log-probs, as on transformers.
 - Weight sync (TRL's ``sync_weights``) loads the trained weights into the engine; minds are
   offsets on top of whatever weights the engine holds, so every step's minds sit on the current
   mean model.
@@ -49,10 +54,6 @@ def check_vllm_config(args) -> None:
     if args.vllm_mode != "colocate":
         raise ValueError(f"population GRPO runs vLLM in colocate mode only (vllm_mode={args.vllm_mode!r}): TRL's "
                          "vllm-serve engine has no mind extension; set vllm_mode='colocate'")
-    if args.mind_importance_correction is not None and args.vllm_importance_sampling_correction:
-        raise ValueError("with use_vllm=True TRL's vllm_importance_sampling_correction already weights the loss by "
-                         "p_mean / p_mind (vLLM samples from the mind); set mind_importance_correction=None, or "
-                         "vllm_importance_sampling_correction=False to use manyminds' own correction instead")
 
 
 @contextlib.contextmanager
