@@ -102,7 +102,7 @@ FIELDS = {
         "max_grad_norm", "max_steps", "max_tool_calling_iterations", "metric_for_best_model",
         "min_p", "mind_assignment", "mind_eval", "mind_importance_correction", "mind_kl_metrics",
         "mind_kl_rate", "mind_kl_target", "mind_logprobs", "mind_norms", "mind_pool_size",
-        "mind_seed", "mind_sigma", "model_init_kwargs", "model_name_or_path",
+        "mind_rescue_budget", "mind_seed", "mind_sigma", "model_init_kwargs", "model_name_or_path",
         "multi_objective_aggregation", "neftune_noise_alpha", "num_completions_to_print",
         "num_examples", "num_generations", "num_generations_eval", "num_iterations",
         "num_train_epochs", "off_policy_mask_threshold", "optim", "optim_args",

@@ -56,6 +56,7 @@ from manyminds.rl.functional import (
     zero_variance_fraction,
 )
 from manyminds.rl.label_free import group_majority_rewards, strip_labels
+from manyminds.rl.rescue import splice_groups, zero_signal_groups
 
 from .grpo_config import PopulationGRPOConfig
 
@@ -141,6 +142,9 @@ class PopulationGRPOTrainer(GRPOTrainer):
             attach(self)
         if self._is_vlm:
             raise ValueError("PopulationGRPOTrainer supports text-only causal LMs")
+        if args.mind_rescue_budget and self.accelerator.num_processes > 1:
+            raise ValueError("mind_rescue_budget runs on a single process for now (a group may straddle processes); "
+                             "set mind_rescue_budget=0 or train on one process")
         self.population = self._make_population(self.model)
         self.ref_population = self._make_population(self.ref_model) if self.ref_model is not None else None
         self._mind_calls = 0  # generation calls so far: the only state of the mind assignment
@@ -149,6 +153,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
         self._logp_mind_ids: torch.Tensor | None = None  # rows of the log-prob pass under way (None = mean model)
         self._old_pass_mind_ids: torch.Tensor | None = None  # vLLM: minds of TRL's next (old) log-prob pass
         self._last_kl: float | None = None  # rollouts' KL(mind || mean) of the last training generation
+        self._mind_call_rows: int | None = None  # during a rescue: the rows of the call being re-rolled
         self._backward_minds: contextlib.ExitStack | None = None  # minds kept active until backward is done
 
     # ------------------------------------------------------------------ population
@@ -165,9 +170,12 @@ class PopulationGRPOTrainer(GRPOTrainer):
         if mode == "eval" and not self.args.mind_eval:
             return torch.full((rows,), -1, dtype=torch.long, device=self.accelerator.device)
         call = self._mind_calls if mode == "train" else self._eval_mind_calls
-        ids = assign_minds(self.args.mind_assignment, call, rows,
+        # A rescue re-roll of fewer rows takes the first rows of a whole call's ids: ids stay unique
+        # (assign_minds numbers calls of equal size).
+        size = max(rows, self._mind_call_rows or 0)
+        ids = assign_minds(self.args.mind_assignment, call, size,
                            process_index=self.accelerator.process_index,
-                           num_processes=self.accelerator.num_processes, pool_size=self.args.mind_pool_size)
+                           num_processes=self.accelerator.num_processes, pool_size=self.args.mind_pool_size)[:rows]
         if mode == "train":
             self._mind_calls += 1
         else:
@@ -192,8 +200,6 @@ class PopulationGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         mode = "train" if self.model.training else "eval"
-        if mode == "train":
-            self._adapt_sigma()  # between generations: every log-prob pass of a buffer sees one sigma
         ids = self._next_mind_ids(len(prompt_ids), mode)
         self._rollout_mind_ids = ids
         # Mean-model rollouts (evaluation by default) run without hooks: exactly the model being trained.
@@ -217,6 +223,16 @@ class PopulationGRPOTrainer(GRPOTrainer):
         return bool(self.use_vllm and self.vllm_importance_sampling_correction)
 
     def _generate_and_score_completions(self, inputs):
+        training = self.model.training
+        if training:
+            self._adapt_sigma()  # between generations: every log-prob pass of a buffer sees one sigma
+        output = self._rollouts(inputs)
+        if training and self.args.mind_rescue_budget:
+            output = self._rescue(inputs, output)
+        return output
+
+    def _rollouts(self, inputs):
+        """TRL's generation and scoring of ``inputs`` with a mind per row, plus the population's corrections."""
         try:
             output = super()._generate_and_score_completions(inputs)
             ids = self._rollout_mind_ids
@@ -388,6 +404,44 @@ class PopulationGRPOTrainer(GRPOTrainer):
             else:  # token modes: a rollout is masked when every completion token is
                 masked = ((is_ratio == 0) | ~mask.bool()).all(dim=1) & mask.bool().any(dim=1)
             metrics["minds/frac_masked"].append(self.accelerator.gather(masked.float()).mean().item())
+
+    def _rescue(self, inputs, output: dict[str, Any]) -> dict[str, Any]:
+        """Zero-variance rescue (``mind_rescue_budget``): re-roll the groups with no signal with fresh minds.
+
+        Rounds until every group has signal or the budget of extra rollouts is spent; a re-rolled group
+        replaces its original only when it has signal. TRL's own metrics of the re-rolls are dropped (its
+        logged reward stays the first try's); the KL that adapts sigma stays the first generation's.
+        """
+        g = self.num_generations
+        groups = zero_signal_groups(output["advantages"], g)
+        zero_before, total = len(groups), output["advantages"].size(0) // g
+        budget, extra = self.args.mind_rescue_budget, 0
+        metrics = self._metrics["train"]
+        kept = {k: len(v) for k, v in metrics.items()}
+        last_kl = self._last_kl
+        while groups and extra + g <= budget:
+            take = groups[: (budget - extra) // g]
+            rows = [inputs[i * g + j] for i in take for j in range(g)]
+            self._mind_call_rows = len(inputs)
+            try:
+                fresh = self._rollouts(rows)
+            finally:
+                self._mind_call_rows = None
+            extra += len(rows)
+            rescued = set(range(len(take))) - set(zero_signal_groups(fresh["advantages"], g))
+            pairs = [(take[i], i) for i in sorted(rescued)]
+            if pairs:
+                output = splice_groups(output, [a for a, _ in pairs], fresh, [b for _, b in pairs], g,
+                                       self._tokenizer.pad_token_id)
+            groups = [i for i in groups if i not in {a for a, _ in pairs}]
+        for key in list(metrics):  # drop the re-rolls' own entries (TRL's and ours)
+            del metrics[key][kept.get(key, 0):]
+            if not metrics[key]:
+                del metrics[key]
+        self._last_kl = last_kl
+        metrics["minds/rescued_groups"].append((zero_before - len(groups)) / total)
+        metrics["minds/rescue_rollouts"].append(float(extra))
+        return output
 
     def _adapt_sigma(self) -> None:
         """Adaptive sigma (``mind_kl_target``): move sigma towards the rollouts' KL target before a generation."""

@@ -77,6 +77,13 @@ class PopulationGRPOConfig(GRPOConfig):
         metadata={"help": "Step of the adaptive-sigma controller in (0, 1]: log sigma moves by rate * 0.5 * "
                           "log(target / kl) per generation (1 jumps to the quadratic estimate)."},
     )
+    mind_rescue_budget: int = field(
+        default=0,
+        metadata={"help": "Zero-variance rescue: a group whose rollouts all got the same reward (advantage 0 on "
+                          "every row) is re-rolled with fresh minds and replaced in the batch, up to this many "
+                          "extra rollouts per generation (a multiple of num_generations; 0 disables it). Logged "
+                          "as minds/rescued_groups and minds/rescue_rollouts. Single process only."},
+    )
     mind_eval: bool = field(
         default=False,
         metadata={"help": "Evaluation rollouts (eval_strategy) from minds as in training; False (default) "
@@ -128,6 +135,13 @@ class PopulationGRPOConfig(GRPOConfig):
                 raise ValueError("mind_kl_target adapts mind_sigma, which must start > 0 (e.g. mind_sigma=0.01)")
             if not self.mind_kl_metrics:
                 raise ValueError("mind_kl_target needs the KL measurement: set mind_kl_metrics=True")
+        if self.mind_rescue_budget:
+            if self.mind_rescue_budget < 0 or (self.num_generations and self.mind_rescue_budget % self.num_generations):
+                raise ValueError(f"mind_rescue_budget counts extra rollouts and must be a multiple of num_generations "
+                                 f"({self.num_generations}) and >= 0, got {self.mind_rescue_budget}")
+            if self.scale_rewards in ("batch", True):
+                raise ValueError("mind_rescue_budget splices re-rolled groups into the batch, which needs per-group "
+                                 "advantages; set scale_rewards='group' (TRL's default) or 'none'")
         if not 0 < self.mind_kl_rate <= 1:
             raise ValueError(f"mind_kl_rate must be in (0, 1], got {self.mind_kl_rate}")
         if self.use_vllm:  # a mind per rollout row inside vLLM (colocate mode): manyminds.training.grpo_vllm
