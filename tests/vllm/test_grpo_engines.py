@@ -79,14 +79,15 @@ def _score(trainer, rows):
     return output, loss.detach(), grads
 
 
-@pytest.mark.parametrize("mind_logprobs, correction, mode", [
-    ("mean", None, "sequence_mask"),   # TRL's defaults and the paper's update
-    ("mean", 2.0, "sequence_mask"),    # the population correction, token-level and truncated
-    ("mind", None, "sequence_mask"),   # on-policy
-    ("mean", None, "token_truncate"),
+@pytest.mark.parametrize("mind_logprobs, correction, mode, beta", [
+    ("mean", None, "sequence_mask", 0.0),   # TRL's defaults and the paper's update
+    ("mean", 2.0, "sequence_mask", 0.0),    # the population correction, token-level and truncated
+    ("mind", None, "sequence_mask", 0.0),   # on-policy
+    ("mean", None, "token_truncate", 0.0),
+    ("mean", None, "sequence_mask", 0.5),   # KL penalty: the reference pass keeps the mean model
 ])
 def test_vllm_update_equals_transformers_update(sharp_llama, tmp_path, monkeypatch, mind_logprobs, correction,
-                                                mode):
+                                                mode, beta):
     from trl.generation import vllm_generation
 
     directory, tokenizer = sharp_llama
@@ -95,7 +96,7 @@ def test_vllm_update_equals_transformers_update(sharp_llama, tmp_path, monkeypat
     monkeypatch.setattr(vllm_generation, "LLM", functools.partial(vllm_generation.LLM, dtype="float32"))
     ds = Dataset.from_dict({"prompt": PROMPTS})
     over = {"mind_logprobs": mind_logprobs, "mind_importance_correction": correction,
-            "vllm_importance_sampling_mode": mode}
+            "vllm_importance_sampling_mode": mode, "beta": beta}
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     vt = PopulationGRPOTrainer(model, reward_funcs=varied_reward, args=_args(tmp_path / "v", True, **over),
                                train_dataset=ds, processing_class=tokenizer)
@@ -147,6 +148,8 @@ def test_vllm_update_equals_transformers_update(sharp_llama, tmp_path, monkeypat
         assert ("old_per_token_logps" in v_out) == ("old_per_token_logps" in h_out)
     # ... and the advantages, with the population correction folded in, are the same.
     torch.testing.assert_close(v_out["advantages"], h_out["advantages"], rtol=1e-4, atol=1e-5)
+    if beta:
+        torch.testing.assert_close(v_out["ref_per_token_logps"], h_out["ref_per_token_logps"], rtol=1e-4, atol=1e-4)
     if correction is not None:
         assert v_out["advantages"].dim() == 2 and (v_out["advantages"] != 0).any()
     # Loss and gradients: equal up to the engine ratio (within 1% of 1 per rollout).
