@@ -92,8 +92,8 @@ def test_mind_requests_carry_the_rollout_minds(tiny_llama, tmp_path):
 
 
 def test_bad_vllm_settings(tmp_path):
-    with pytest.raises(ValueError, match="colocate"):
-        grpo_args(tmp_path, vllm_mode="server")
+    with pytest.raises(ValueError, match="'colocate' or 'server'"):
+        grpo_args(tmp_path, vllm_mode="remote")
     grpo_args(tmp_path, mind_importance_correction=2.0)  # TRL's engine correction no longer doubles it
 
 

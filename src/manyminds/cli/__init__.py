@@ -59,7 +59,7 @@ def _options(
 
 # Each module defines ``register(app)``; a module is added here once it exists.
 _AREAS = ["manyminds.cli.foundation", "manyminds.cli.train", "manyminds.cli.critical",
-          "manyminds.cli.evaluate", "manyminds.cli.calibrate"]
+          "manyminds.cli.evaluate", "manyminds.cli.calibrate", "manyminds.cli.vllm_serve"]
 
 for _name in _AREAS:
     try:

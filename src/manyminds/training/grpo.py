@@ -134,12 +134,15 @@ class PopulationGRPOTrainer(GRPOTrainer):
         _check_dataset(eval_dataset, funcs, args.label_free, "eval")
 
         from .grpo_vllm import attach, mind_extension_for_trl  # vLLM rollouts: one mind per request
+        from .grpo_vllm_server import attach_server, mind_client_for_trl
 
-        with mind_extension_for_trl() if args.use_vllm else contextlib.nullcontext():
+        server = args.use_vllm and args.vllm_mode == "server"
+        with (mind_extension_for_trl() if args.use_vllm else contextlib.nullcontext(),
+              mind_client_for_trl() if server else contextlib.nullcontext()):
             super().__init__(model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, **kwargs)
         if args.use_vllm:
-            attach(self)
+            (attach_server if server else attach)(self)
         if self._is_vlm:
             raise ValueError("PopulationGRPOTrainer supports text-only causal LMs")
         if args.mind_rescue_budget and self.accelerator.num_processes > 1:

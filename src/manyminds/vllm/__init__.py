@@ -18,25 +18,23 @@ Importing this package does not import vLLM; its functions raise an ``ImportErro
 the extra when vLLM is missing.
 """
 
+import importlib
+
 from ._protocol import EXTRA_ARGS_KEY, WORKER_EXTENSION
-from .engine import (
-    engine_layout,
-    generate,
-    make_llm,
-    mind_requests,
-    mind_salt,
-    mind_specs,
-    require_vllm,
-    texts,
-    token_ids,
-)
-from .members import (
-    generate_members,
-    make_member_llm,
-    member_disagreement,
-    member_logp_variance,
-    member_requests,
-)
+
+# name -> submodule; loaded on first use, so that ``manyminds.vllm.serve`` (the CLI's config) and the
+# constants import without torch.
+_LAZY = {name: "engine" for name in ("engine_layout", "generate", "make_llm", "mind_requests", "mind_salt",
+                                      "mind_specs", "require_vllm", "texts", "token_ids")}
+_LAZY.update({name: "members" for name in ("generate_members", "make_member_llm", "member_disagreement",
+                                            "member_logp_variance", "member_requests")})
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EXTRA_ARGS_KEY",
