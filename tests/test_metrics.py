@@ -4,6 +4,7 @@ import math
 from itertools import combinations
 
 import pytest
+import torch
 
 from manyminds import metrics as M
 
@@ -87,9 +88,14 @@ def test_semantic_diversity():
     assert M.semantic_diversity(["12+3=15", "12+3=15"]) == pytest.approx(0.0, abs=1e-5)
     near = M.semantic_diversity(["The cat sat on the mat.", "A cat was sitting on the mat."])
     far = M.semantic_diversity(["The cat sat on the mat.", "Quarterly revenue grew by 12 percent."])
-    assert 0.0 < near < far <= 2.0
+    assert 0.0 < near < far
     emb = M.embed_texts(["a", "b", "c"])
     assert tuple(emb.shape) == (3, 384)
+    # the mean over the three pairs of 1 - cosine similarity, from the embeddings
+    cos = torch.nn.functional.cosine_similarity(emb[:, None], emb[None], dim=-1)     # [3, 3]
+    expected = sum(1 - cos[i, j].item() for i, j in combinations(range(3), 2)) / 3
+    assert expected > 1e-3
+    assert M.semantic_diversity(["a", "b", "c"]) == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         M.semantic_diversity(["x"])
 

@@ -124,4 +124,9 @@ def test_single_member_has_no_epistemic_uncertainty(tiny_qwen2):
     ids = torch.randint(3, 64, (2, 4), generator=torch.Generator().manual_seed(3))
     out = mixture_generate(ens, ids, max_new_tokens=4, eos_token_id=None, pad_token_id=0)
     assert torch.equal(out.uncertainty["epistemic"], torch.zeros(2, 4))
-    assert (out.uncertainty["total"] > 0).all()
+    # total = aleatoric = the entropy of the one member's next-token distribution at each step
+    with torch.no_grad(), ens.members([0, 0]):
+        logq = ens(input_ids=out.sequences).logits[:, 3:-1].double().log_softmax(-1)   # [2, 4, V]
+    entropy = -(logq.exp() * logq).sum(-1)
+    for key in ("total", "aleatoric"):
+        torch.testing.assert_close(out.uncertainty[key].double(), entropy, rtol=0, atol=1e-5)

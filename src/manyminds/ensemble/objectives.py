@@ -141,7 +141,7 @@ def gaussian_prior(parameters: Iterable[torch.Tensor], prior_weight: float = 1e-
         raise ValueError(f"prior_sigma must be > 0, got {prior_sigma}")
     total = None
     for p in parameters:
-        term = p.float().pow(2).sum()
+        term = p.to(torch.promote_types(p.dtype, torch.float32)).pow(2).sum()  # bf16 up, float64 kept
         total = term if total is None else total + term
     if total is None:
         return torch.zeros(())

@@ -289,13 +289,22 @@ class EnsembleTrainerMixin:
 
     @torch.no_grad()
     def _record_routing(self, responsibilities: torch.Tensor, member_nll: torch.Tensor,
-                        prior: torch.Tensor) -> None:
-        """Per-step metrics: per-member NLL, responsibility entropy, effective members, routing."""
+                        prior: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Per-step metrics: per-member NLL, responsibility entropy, effective members, routing.
+
+        Token routing: ``responsibilities`` ``[K, B, T]`` are averaged per example over its completion
+        tokens (``mask`` ``[B, T]``); prompt and padding positions (uniform ``1/K``) are left out."""
         mode = "train" if self.model.training else "eval"
         m = self._metrics[mode]
         w = responsibilities.float()                            # [K, B] or [K, B, T]
         K = w.shape[0]
-        w_seq = w if w.dim() == 2 else w.mean(-1)               # token routing: mean per example
+        if w.dim() == 2:
+            w_seq = w
+        elif mask is None:
+            w_seq = w.mean(-1)
+        else:                                                   # mean over each example's completion tokens
+            weight = mask.to(w.dtype)                           # [B, T]
+            w_seq = (w * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
         m["responsibility_entropy"].append(responsibility_entropy(w_seq).mean().item())
         m["effective_members"].append(effective_members(w_seq).mean().item())
         m["prior"].append(float(prior))
