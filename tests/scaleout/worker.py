@@ -136,7 +136,8 @@ def run_grpo(out: str, job: str, lora: bool) -> None:
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = PopulationGRPOConfig(**common_args(os.path.join(out, job)), per_device_train_batch_size=2,
                                 num_generations=4, steps_per_generation=1, max_completion_length=6,
-                                learning_rate=0.1, mind_sigma=0.5, label_free=True, mind_logprobs="mind")
+                                learning_rate=0.1, mind_sigma=0.5, label_free=True, mind_logprobs="mind",
+                                mind_kl_metrics=False)  # the test counts minds contexts: generation, loss
     trainer = PopulationGRPOTrainer(model, args=args, train_dataset=load_task("arith", n=8), processing_class=tok,
                                     **kwargs)
     init = {_clean(n): p.detach().clone() for n, p in trainer.model.named_parameters()}
