@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from manyminds.tasks.answers import extract_answer, normalize_answer, verify_answer
 from manyminds.tasks.arith import arith_rows
 from manyminds.tasks.conflict import conflict_rows
+from manyminds.tasks.mental import mental_rows
 from manyminds.tasks.prefs import prefs_rows
 from manyminds.tasks.splits import SPLITS, split_of
 
@@ -41,6 +42,9 @@ TASKS: dict[str, Task] = {
     "prefs": Task("prefs", prefs_rows,
                   "preference pairs: terse-vs-worked style disagreement between two annotator groups, plus "
                   "agreed right-vs-wrong pairs (knobs: digits, ops, style_fraction)", {"train": 2000, "test": 200}),
+    "mental": Task("mental", mental_rows,
+                   "chat questions 'What is 7 + 5?' with a free-form answer, always conversational "
+                   "(knobs: max_operand, operators, nonnegative, instruction)", {"train": 400, "test": 100}),
 }
 
 
@@ -78,7 +82,7 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
     """Load a bundled task as a ``datasets.Dataset``.
 
     Args:
-        name: one of :data:`TASKS` (``"arith"``, ``"conflict"``, ``"prefs"``).
+        name: one of :data:`TASKS` (``"arith"``, ``"conflict"``, ``"prefs"``, ``"mental"``).
         split: ``"train"`` or ``"test"``; the two never share a prompt.
         n: number of rows (default: the task's default for the split).
         seed: sampling seed; the same arguments always give the same rows.
