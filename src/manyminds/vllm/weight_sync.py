@@ -53,11 +53,12 @@ accept a single layer as the model; ``_model_forward`` of the model runner runs 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from dataclasses import dataclass, field
 
 import torch
+
+from ._runner import after_load_model
 
 __all__ = ["WEIGHT_SYNC_EXTENSION", "RepackAwareWeightLoading", "WeightSyncWorkerExtension", "finish_weight_sync",
            "holds_packed_copy", "install_weight_sync", "weight_sync_info"]
@@ -261,43 +262,4 @@ def weight_sync_info(worker) -> dict:
     return state.info()
 
 
-def _uses_weight_sync(runner) -> bool:
-    name = getattr(runner.vllm_config.parallel_config, "worker_extension_cls", "") or ""
-    if not name:
-        return False
-    module, _, qualname = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), qualname)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, RepackAwareWeightLoading)
-
-
-def _wrap_load_model(cls) -> None:
-    if "load_model" not in vars(cls) or getattr(cls.load_model, "_manyminds_weight_sync_wrapped", False):
-        return
-    original = cls.load_model
-
-    @functools.wraps(original)
-    def load_model(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        if _uses_weight_sync(self):  # other engines of this process stay untouched
-            install_weight_sync(self)
-        return result
-
-    load_model._manyminds_weight_sync_wrapped = True
-    cls.load_model = load_model
-
-
-def _patch_runners() -> None:
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    _wrap_load_model(GPUModelRunner)
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-    except ImportError:  # a GPU build without the CPU runner
-        return
-    _wrap_load_model(CPUModelRunner)
-
-
-_patch_runners()
+after_load_model("_manyminds_weight_sync_wrapped", RepackAwareWeightLoading, install_weight_sync)

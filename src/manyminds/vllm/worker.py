@@ -44,7 +44,8 @@ from manyminds.population.noise import mind_noise_table
 from manyminds.population.norms import find_norm_layers, hidden_size_of
 from manyminds.population.spec import MindSpec
 
-from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG, WORKER_EXTENSION
+from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG
+from ._runner import after_load_model
 from .weight_sync import RepackAwareWeightLoading
 
 __all__ = ["EXTRA_ARGS_KEY", "MindWorkerExtension", "engine_layout"]
@@ -174,49 +175,6 @@ def install(runner) -> _MindTables:
     return state
 
 
-def _uses_extension(runner) -> bool:
-    name = getattr(runner.vllm_config.parallel_config, "worker_extension_cls", "") or ""
-    if name == WORKER_EXTENSION:
-        return True
-    if not name:
-        return False
-    import importlib
-
-    module, _, qualname = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), qualname)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, MindWorkerExtension)
-
-
-def _wrap_load_model(cls) -> None:
-    if "load_model" not in vars(cls) or getattr(cls.load_model, "_manyminds_wrapped", False):
-        return
-    original = cls.load_model
-
-    @functools.wraps(original)
-    def load_model(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        if _uses_extension(self):  # other engines of this process stay untouched
-            install(self)
-        return result
-
-    load_model._manyminds_wrapped = True
-    cls.load_model = load_model
-
-
-def _patch_runners() -> None:
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    _wrap_load_model(GPUModelRunner)
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-    except ImportError:  # a GPU build without the CPU runner
-        return
-    _wrap_load_model(CPUModelRunner)
-
-
 # ---------------------------------------------------------------------- per step
 
 def _spec_key(spec: MindSpec) -> tuple:
@@ -334,4 +292,4 @@ def engine_layout(model: torch.nn.Module) -> dict:
     return {sel: [layer.key for layer in layers] for sel, layers in _selections(model).items()}
 
 
-_patch_runners()
+after_load_model("_manyminds_wrapped", MindWorkerExtension, install)
