@@ -74,3 +74,25 @@ def random_model_path(make_model, char_tokenizer, tmp_path):
     make_model().save_pretrained(path)
     char_tokenizer.save_pretrained(path)
     return path
+
+
+def hand_completion_logps(model, sigma: float, seed: int, batch: dict, temperature: float):
+    """Float64 reference: log-probs ``[B, C]`` of a GRPO batch's completion tokens under ``model`` (the
+    mean model) and under each row's mind (``batch["mind_ids"]``), one plain forward each, no cache."""
+    from manyminds.population import Population
+
+    ref = model.double().eval()
+    population = Population(ref, sigma=sigma, seed=seed)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)           # [B, P+C]
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    C = batch["completion_ids"].size(1)
+
+    def completion_logps():
+        logits = ref(input_ids=ids, attention_mask=attention).logits[:, -C - 1:-1] / temperature   # [B, C, V]
+        return logits.log_softmax(-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+    with torch.no_grad():
+        lp_mean = completion_logps()
+        with population.minds(batch["mind_ids"]):
+            lp_mind = completion_logps()
+    return lp_mean, lp_mind

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from manyminds.population import Population
+from manyminds.rl.functional import truncated_importance_ratio
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.training.grpo_config import LOSS_TYPES_WITH_OWN_IMPORTANCE_WEIGHTS
-from manyminds.rl.functional import truncated_importance_ratio
 
-from .conftest import make_trainer
+from .conftest import hand_completion_logps, make_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -132,20 +132,8 @@ def test_importance_weights_match_a_hand_computation(make_model, char_tokenizer,
 
     # By hand, in float64 on a fresh copy of the initial model: one plain forward (the mean model)
     # and one under each row's mind; w = min(exp(lp_mean - lp_mind), cap) on completion tokens.
-    ref = make_model().double().eval()
-    population = Population(ref, sigma=sigma, seed=trainer.args.mind_seed)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    C = batch["completion_ids"].size(1)
-
-    def completion_logps():
-        logits = ref(input_ids=ids, attention_mask=attention).logits[:, -C - 1:-1] / trainer.args.temperature
-        return logits.log_softmax(-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)  # [B, C]
-
-    with torch.no_grad():
-        lp_mean = completion_logps()
-        with population.minds(batch["mind_ids"]):
-            lp_mind = completion_logps()
+    lp_mean, lp_mind = hand_completion_logps(make_model(), sigma, trainer.args.mind_seed, batch,
+                                             trainer.args.temperature)
     valid = batch["completion_mask"].bool()
     w = torch.where(valid, torch.exp(lp_mean - lp_mind).clamp(max=cap), torch.ones_like(lp_mean))
     inverted = torch.where(valid, torch.exp(lp_mind - lp_mean).clamp(max=cap), torch.ones_like(lp_mean))

@@ -9,30 +9,10 @@ import math
 import pytest
 import torch
 
-from manyminds.population import Population
 from manyminds.rl.functional import adapted_sigma, mind_kl, mind_log_weights
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 
-from .conftest import make_trainer
-
-
-def _hand_logps(make_model, sigma, seed, batch, temperature):
-    """Float64 log-probs ``[B, C]`` of the batch's completions under the mean model and under each row's mind."""
-    ref = make_model().double().eval()
-    population = Population(ref, sigma=sigma, seed=seed)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    C = batch["completion_ids"].size(1)
-
-    def completion_logps():
-        logits = ref(input_ids=ids, attention_mask=attention).logits[:, -C - 1:-1] / temperature
-        return logits.log_softmax(-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-
-    with torch.no_grad():
-        lp_mean = completion_logps()
-        with population.minds(batch["mind_ids"]):
-            lp_mind = completion_logps()
-    return lp_mean, lp_mind
+from .conftest import hand_completion_logps, make_trainer
 
 
 def test_kl_functions_by_hand():
@@ -65,7 +45,8 @@ def test_logged_kl_matches_a_hand_computation(make_model, char_tokenizer, arith_
                            mind_kl_metrics=True)
     trainer.train()
     logged = trainer.state.log_history[0]
-    lp_mean, lp_mind = _hand_logps(make_model, sigma, trainer.args.mind_seed, seen[0], trainer.args.temperature)
+    lp_mean, lp_mind = hand_completion_logps(make_model(), sigma, trainer.args.mind_seed, seen[0],
+                                             trainer.args.temperature)
     mask = seen[0]["completion_mask"]
     kl = mind_kl(lp_mind, lp_mean, mask)
     assert abs(kl) > 1e-3  # the minds are measurably away from the mean model: the check can fail

@@ -8,7 +8,6 @@ import re
 import statistics
 
 import pytest
-import torch
 
 import manyminds
 from manyminds.tasks import load_task

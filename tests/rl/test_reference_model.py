@@ -9,10 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
-from manyminds.population import Population
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 
-from .conftest import make_trainer
+from .conftest import hand_completion_logps, make_trainer
 
 
 def _load(path):
@@ -56,20 +55,8 @@ def test_reference_logps_follow_the_mind_rule(random_model_path, char_tokenizer,
                            beta=0.5, mind_logprobs=mind_logprobs)
     trainer.train()
     batch = seen[0]
-    ref = _load(random_model_path).double().eval()  # TRL's reference model: the initial model
-    population = Population(ref, sigma=sigma, seed=trainer.args.mind_seed)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    C = batch["completion_ids"].size(1)
-
-    def completion_logps():
-        logits = ref(input_ids=ids, attention_mask=attention).logits[:, -C - 1:-1] / trainer.args.temperature
-        return logits.log_softmax(-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-
-    with torch.no_grad():
-        lp_mean = completion_logps()
-        with population.minds(batch["mind_ids"]):
-            lp_mind = completion_logps()
+    lp_mean, lp_mind = hand_completion_logps(_load(random_model_path), sigma, trainer.args.mind_seed, batch,
+                                             trainer.args.temperature)  # TRL's reference: the initial model
     mask = batch["completion_mask"].bool()
     assert (lp_mean - lp_mind)[mask].abs().max() > 1e-2  # the two rules give different references
     expected = lp_mind if mind_logprobs == "mind" else lp_mean
