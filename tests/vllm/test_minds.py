@@ -93,11 +93,22 @@ def test_prefix_cache_is_salted_per_mind(engine):
     ref = {m: hf_tokens(model, tokenizer, prompt, pop, m) for m in (-1, 1, 2)}
     assert len({tuple(v) for v in ref.values()}) == 3
     llm.reset_prefix_cache()
-    # Without the salt a mind reuses the plain model's cached prefix: wrong tokens.
+    # Without the salt a mind reuses the plain model's cached prefix: wrong tokens (admission bypassed) ...
     rows, params = mv.mind_requests([prompt, prompt], [None, pop.spec(1)], GREEDY)
     assert mv.token_ids(llm.generate(rows[:1], params[:1], use_tqdm=False)) == [ref[-1]]
     unsalted = [{k: v for k, v in rows[1].items() if k != "cache_salt"}]
-    assert mv.token_ids(llm.generate(unsalted, params[1:], use_tqdm=False)) != [ref[1]]
+    guarded = llm.llm_engine.add_request
+    llm.llm_engine.add_request = llm.llm_engine._manyminds_add_request
+    try:
+        assert mv.token_ids(llm.generate(unsalted, params[1:], use_tqdm=False)) != [ref[1]]
+    finally:
+        llm.llm_engine.add_request = guarded
+    # ... and the engine salts an unsalted mind request at admission (also a raw string prompt).
+    llm.reset_prefix_cache()
+    assert mv.token_ids(llm.generate(rows[:1], params[:1], use_tqdm=False)) == [ref[-1]]
+    assert mv.token_ids(llm.generate(unsalted, params[1:], use_tqdm=False)) == [ref[1]]
+    assert mv.token_ids(llm.generate([prompt], params[1:], use_tqdm=False)) == [ref[1]]
+    assert mv.token_ids(llm.generate(rows[:1], params[:1], use_tqdm=False)) == [ref[-1]]  # plain blocks intact
     # With it (what generate does), each mind gets its own blocks, in any order and mixed.
     llm.reset_prefix_cache()
     for minds in ([-1], [1], [2], [1, -1, 2], [2, 1]):
@@ -131,3 +142,29 @@ class _FixedSpec:
 
     def spec(self, mind):
         return MindSpec(**{**self._spec.to_dict(), "mind": mind})
+
+
+@pytest.mark.parametrize("raw, match", [
+    ("x", "bad mind spec"),                                                     # not a spec at all
+    ({"seed": 0, "mind": 1, "sigma": [0.1, 0.2], "num_layers": 5, "width": 128}, "sigma"),  # wrong length
+    ({"seed": 0, "mind": 1, "sigma": 0.1, "include_qk_norms": True}, "include_qk_norms=True"),
+    ({"seed": 0, "mind": 1, "sigma": 0.1, "norms": "nope"}, "bad mind spec"),
+])
+def test_bad_spec_is_refused_at_admission_and_the_engine_keeps_serving(engine, raw, match):
+    """A malformed mind in raw SamplingParams (no helper in between) is refused before it reaches the
+    worker, where an exception inside the model forward would stop the engine for every request."""
+    from vllm import SamplingParams
+
+    mode, llm, model, tokenizer = engine
+    if mode != "eager":
+        pytest.skip("admission is engine-independent")
+    pop = Population(model, sigma=0.3, seed=0)
+    good = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True,
+                          extra_args={mv.EXTRA_ARGS_KEY: pop.spec(2).to_dict()})
+    bad = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True, extra_args={mv.EXTRA_ARGS_KEY: raw})
+    with pytest.raises(ValueError, match=match) as err:
+        llm.generate([PROMPT, PROMPT, PROMPT], [good, bad, good], use_tqdm=False)
+    assert "\n" not in str(err.value)
+    # the engine still serves, and the good request gives its mind's tokens
+    assert mv.token_ids(llm.generate([PROMPT], [good], use_tqdm=False)) == [hf_tokens(model, tokenizer, PROMPT, pop, 2)]
+    assert llm.llm_engine.get_num_unfinished_requests() == 0  # nothing of the refused call is left running

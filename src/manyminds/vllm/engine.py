@@ -70,8 +70,55 @@ def make_llm(model: str | os.PathLike, *, include_qk_norms: bool = False, enforc
     llm_kwargs["worker_extension_cls"] = WORKER_EXTENSION
     extra = dict(llm_kwargs.pop("additional_config", None) or {})
     extra[QK_NORMS_CONFIG] = bool(include_qk_norms)
-    return vllm.LLM(model=_model_path(model), enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-                    seed=seed, additional_config=extra, **llm_kwargs)
+    llm = vllm.LLM(model=_model_path(model), enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+                   seed=seed, additional_config=extra, **llm_kwargs)
+    admit_minds(llm)
+    return llm
+
+
+def admission_spec(params, layout: dict) -> MindSpec | None:
+    """The checked mind of a request's ``SamplingParams`` (``None``: no mind), before it reaches the engine.
+
+    Raises:
+        ValueError: one line naming the request's bad spec (malformed, or not fitting the engine's norms).
+    """
+    raw = (getattr(params, "extra_args", None) or {}).get(EXTRA_ARGS_KEY)
+    if raw is None:
+        return None
+    try:
+        spec = raw if isinstance(raw, MindSpec) else MindSpec.from_dict(dict(raw))
+        _check_spec(spec, layout)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad mind spec in SamplingParams.extra_args[{EXTRA_ARGS_KEY!r}]: {err}; build requests "
+                         f"with manyminds.vllm.mind_requests or Population.spec") from None
+    return spec
+
+
+def admit_minds(llm) -> None:
+    """Check and salt every request at admission (idempotent).
+
+    Every route into a :func:`make_llm` engine (:func:`generate`, :func:`mind_requests`, raw
+    ``SamplingParams(extra_args=...)``) passes ``llm_engine.add_request``; there a malformed spec is
+    refused with a ``ValueError`` (vLLM then aborts the call's requests already added), before it can
+    reach the worker, where an exception inside the model forward would stop the engine for every
+    request; and a mind without its prefix-cache salt gets :func:`mind_salt`, so its perturbed KV
+    blocks are never shared with the plain model or another mind.
+    """
+    engine = llm.llm_engine
+    if getattr(engine, "_manyminds_add_request", None) is not None:
+        return
+    original = engine.add_request
+
+    def add_request(request_id, prompt, params, *args, **kwargs):
+        spec = admission_spec(params, engine_layout(llm))
+        if spec is not None and not _is_plain(spec) and isinstance(prompt, dict) and not prompt.get("cache_salt"):
+            prompt = {**prompt, "cache_salt": mind_salt(spec)}
+        elif spec is not None and not _is_plain(spec) and isinstance(prompt, str):
+            prompt = {"prompt": prompt, "cache_salt": mind_salt(spec)}
+        return original(request_id, prompt, params, *args, **kwargs)
+
+    engine._manyminds_add_request = original
+    engine.add_request = add_request
 
 
 def engine_layout(llm) -> dict:
