@@ -282,6 +282,13 @@ def load_rows(task: str | None, data: str | None, split: str, n: int | None, see
         if kind is None:
             raise CLIError(f"{data}: unsupported dataset file type {path.suffix or '(none)'!r}; use .jsonl, .json, "
                            f".csv or .parquet, or a datasets folder")
+        if path.suffix.lower() == ".jsonl":  # a huge row is refused here, with its line, before any parsing
+            from manyminds.rows import check_jsonl_sizes
+
+            try:
+                check_jsonl_sizes(path)
+            except ValueError as err:
+                raise CLIError(str(err)) from err
         logger = logging.getLogger("datasets")
         level = logger.level
         if not STATE.verbose:  # datasets logs the parse error itself before raising; we say it once below

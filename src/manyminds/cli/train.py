@@ -123,6 +123,17 @@ class GRPODataArguments(DataArguments):
 
 
 @dataclass
+class OutputArguments:
+    """What to do with an ``output_dir`` that already holds files (an earlier run's checkpoints)."""
+
+    _argument_group_name = "output"
+
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start a new run in a non-empty output_dir: its old checkpoint-N folders are deleted. Without it "
+                "(or --resume) a non-empty output_dir is refused, so two runs never mix their checkpoints."})
+
+
+@dataclass
 class GRPOScriptArguments:
     """Rewards and the optional LoRA adapter of ``manyminds grpo``."""
 
@@ -168,12 +179,12 @@ def _config_classes(command: str) -> tuple:
     if command == "grpo":
         from manyminds.training import PopulationGRPOConfig
 
-        return (GRPOModelArguments, GRPODataArguments, GRPOScriptArguments, PopulationGRPOConfig)
+        return (GRPOModelArguments, GRPODataArguments, GRPOScriptArguments, OutputArguments, PopulationGRPOConfig)
     from manyminds.training import RenyiDPOConfig, RenyiSFTConfig
 
     if command == "sft":
-        return (ModelArguments, SFTDataArguments, RenyiSFTConfig)
-    return (ModelArguments, DPODataArguments, RenyiDPOConfig)
+        return (ModelArguments, SFTDataArguments, OutputArguments, RenyiSFTConfig)
+    return (ModelArguments, DPODataArguments, OutputArguments, RenyiDPOConfig)
 
 
 def make_parser(command: str):
@@ -243,10 +254,28 @@ def parse(command: str, argv: list[str]) -> tuple:
     if config_path is not None:
         rest = ["--config", config_path, *rest]
     try:
-        return parser.parse_args_and_config(rest)
+        parsed = parser.parse_args_and_config(rest)
     except ValueError as err:  # a dataclass __post_init__ check: name the source of the value
         source = f" (from {config_path} or the command line)" if config_path else ""
         raise CLIError(f"{str(err).strip().splitlines()[0]}{source}") from err
+    if config_path is not None:
+        _note_config_env(command, config_path)
+    return parsed
+
+
+def _note_config_env(command: str, config_path: str) -> None:
+    """A config file is code: say which environment variables its ``env:`` mapping has set (TrlParser
+    copies them into ``os.environ`` while parsing)."""
+    from manyminds.cli.fields import read_config
+
+    env = read_config(config_path, command).get("env")
+    if isinstance(env, dict) and env:
+        _notice(f"note: {config_path} set environment variables {', '.join(map(str, env))} (its env: mapping)")
+
+
+def _notice(text: str) -> None:
+    """One plain line on stderr (no rich markup: paths and dotted names print as they are)."""
+    err_console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _strip_verbose(argv: list[str]) -> list[str]:
@@ -276,6 +305,73 @@ def _resume_checkpoint(config, marker: str | None = None) -> str | None:
     return value
 
 
+def _resuming(config) -> bool:
+    return config.resume_from_checkpoint not in (None, "", False, "false", "False", "no")
+
+
+def _checkpoint_dirs(output_dir: str) -> list[Path]:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    path = Path(output_dir)
+    return sorted(p for p in path.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()) if path.is_dir() else []
+
+
+def check_output_dir(config, overwrite: bool) -> str:
+    """The run id of this run, after checking ``output_dir`` (writes nothing).
+
+    A non-empty ``output_dir`` is refused unless ``--resume`` (continue the run recorded there) or
+    ``--overwrite_output_dir`` (start a new run there). Resuming keeps the folder's run id, and is
+    refused when a checkpoint in the folder, or the one named by ``resume_from_checkpoint``, was
+    written by another run.
+    """
+    import uuid
+
+    from manyminds.training.common import read_run_id
+
+    out = Path(config.output_dir)
+    busy = out.is_dir() and any(out.iterdir())
+    value = config.resume_from_checkpoint
+    named = value if _resuming(config) and value not in RESUME_LAST and value is not True else None
+    if not _resuming(config):
+        if busy and not overwrite:
+            raise CLIError(f"output_dir {out} is not empty (an earlier run's files); pass --resume to continue "
+                           f"that run, or --overwrite_output_dir to start a new run there (or another --output_dir)")
+        return uuid.uuid4().hex
+    if not busy:  # a named checkpoint continues its own run in this new folder
+        return (read_run_id(named) if named else None) or uuid.uuid4().hex
+    run_id = read_run_id(out)
+    checkpoints = _checkpoint_dirs(str(out)) + ([Path(named)] if named else [])
+    for checkpoint in checkpoints:
+        other = read_run_id(checkpoint)
+        if other is None:  # written before run ids, or by the library: nothing to compare
+            continue
+        if run_id is None:
+            run_id = other
+        elif other != run_id:
+            raise CLIError(f"{checkpoint} belongs to run {other}, not to run {run_id} recorded in {out}; resume "
+                           f"with another --output_dir, or start a new run with --overwrite_output_dir (no --resume)")
+    return run_id or uuid.uuid4().hex
+
+
+def claim_output_dir(config, run_id: str, overwrite: bool, command: str) -> None:
+    """Record ``run_id`` in ``output_dir`` (a new run with ``overwrite``: the old checkpoints go first)."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from manyminds.training.common import read_run_id, write_run_id
+
+    out = Path(config.output_dir)
+    if overwrite and not _resuming(config):
+        old = _checkpoint_dirs(str(out))
+        for checkpoint in old:
+            shutil.rmtree(checkpoint)
+        if old:
+            _notice(f"note: --overwrite_output_dir: deleted {len(old)} checkpoint folder(s) of an earlier run in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    if read_run_id(out) != run_id:
+        write_run_id(out, run_id, command=command, started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
 def load_reward(name: str):
     """A reward function by registry name (:data:`manyminds.rewards.REWARDS`) or dotted import path."""
     import importlib
@@ -286,25 +382,33 @@ def load_reward(name: str):
         return REWARDS[name]
     if "." in name:
         module_name, attr = name.rsplit(".", 1)
+        # a dotted path is code: importing it runs the module, whatever it does
+        _notice(f"note: importing reward {name} (runs the code of module {module_name})")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            reward = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise CLIError(f"reward {name!r} cannot be imported ({err}); check the dotted path") from err
+        if not callable(reward):
+            raise CLIError(f"reward {name!r} is a {type(reward).__name__}, not a function; pass a callable "
+                           f"(prompts, completions, **kwargs) -> list[float]")
+        return reward
     raise CLIError(f"unknown reward {name!r}{close_matches(name, list(REWARDS))}; choose from {', '.join(REWARDS)} "
                    f"or pass a dotted import path")
 
 
 def _renyi(command: str, argv: list[str]) -> None:
-    model_args, data_args, config = parse(command, _strip_verbose(argv))  # before the trainers' imports
+    model_args, data_args, output_args, config = parse(command, _strip_verbose(argv))  # before the trainers' imports
     from manyminds.training import RenyiDPOTrainer, RenyiSFTTrainer
 
     dataset = load_rows(data_args.task, data_args.data, data_args.split, data_args.num_examples,
                         data_args.task_seed, data_args.task_knobs)
+    run_id = check_output_dir(config, output_args.overwrite_output_dir)  # input errors first, then the folder
     model, tokenizer = load_model(model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
     trainer_cls = RenyiSFTTrainer if command == "sft" else RenyiDPOTrainer
     trainer = trainer_cls(model, config, train_dataset=dataset, processing_class=tokenizer)
     use_rich_progress(trainer, ("loss",))
     checkpoint = _resume_checkpoint(config)
+    claim_output_dir(config, run_id, output_args.overwrite_output_dir, command)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
@@ -341,7 +445,7 @@ def _ensemble_table(title: str, history: list[dict], num_members: int):
 
 
 def _grpo(argv: list[str]) -> None:
-    model_args, data_args, script_args, config = parse("grpo", _strip_verbose(argv))  # before the imports
+    model_args, data_args, script_args, output_args, config = parse("grpo", _strip_verbose(argv))  # before the imports
     from manyminds.training import PopulationGRPOTrainer
     from manyminds.training.grpo import MIND_STATE_FILE
 
@@ -350,6 +454,7 @@ def _grpo(argv: list[str]) -> None:
     rewards = [load_reward(name) for name in names]
     train = load_rows(data_args.task, data_args.data, data_args.split, data_args.num_examples,
                       data_args.task_seed, data_args.task_knobs)
+    run_id = check_output_dir(config, output_args.overwrite_output_dir)  # input errors first, then the folder
     model, tokenizer = load_model(model_args.model_name_or_path, model_args.dtype, config.trust_remote_code)
     peft_config = None
     if script_args.lora_r:
@@ -361,6 +466,7 @@ def _grpo(argv: list[str]) -> None:
                                     processing_class=tokenizer, peft_config=peft_config)
     use_rich_progress(trainer, ("reward", "loss"))
     checkpoint = _resume_checkpoint(config, MIND_STATE_FILE)
+    claim_output_dir(config, run_id, output_args.overwrite_output_dir, "grpo")
     err_console().print(
         f"population GRPO: mind_sigma={config.mind_sigma}, {config.mind_assignment} minds, log-probs from the "
         f"{config.mind_logprobs} model{', label-free' if config.label_free else ''}"
@@ -405,5 +511,6 @@ def register(app: typer.Typer) -> None:
         _grpo(ctx.args)
 
 
-__all__ = ["DataArguments", "GRPOScriptArguments", "ModelArguments", "grpo_history_table", "load_reward",
+__all__ = ["DataArguments", "GRPOScriptArguments", "ModelArguments", "OutputArguments", "check_output_dir",
+           "claim_output_dir", "grpo_history_table", "load_reward",
            "make_parser", "parse", "register"]

@@ -8,11 +8,16 @@ Trainer). A callback then writes the completion marker ``checkpoint-N/checkpoint
 (atomically, once everything else is on disk); :func:`last_checkpoint` and
 ``train(resume_from_checkpoint=True)`` only pick a checkpoint that has it, so a run killed while
 saving never resumes from a half-written ``checkpoint-N``.
+
+Run ids: ``manyminds sft|dpo|grpo`` write ``output_dir/run_id.json`` (``RUN_ID_FILE``) when a run
+starts; the callbacks copy it into each ``checkpoint-N`` (before the completion marker), so that
+``--resume`` can tell the checkpoints of this run from an older run's in the same folder.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 from collections import defaultdict
@@ -35,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 MEMBERS_DIR = "members"
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint-N without it is incomplete
+RUN_ID_FILE = "run_id.json"  # {"run_id": ...}: the run that wrote output_dir, and each checkpoint-N in it
 
 
 @dataclass
@@ -418,10 +424,36 @@ class CheckpointCompletionCallback(TrainerCallback):
         if not args.should_save:
             return
         folder = self._folder(state)
+        copy_run_id(args.output_dir, folder)  # before the marker: a complete checkpoint names its run
         tmp = os.path.join(folder, COMPLETE_MARKER + ".tmp")
         with open(tmp, "w") as f:
             f.write(f"{state.global_step}\n")
         os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
+
+
+def write_run_id(folder: str | os.PathLike, run_id: str, **extra) -> None:
+    """Write ``folder/run_id.json`` = ``{"run_id": run_id, **extra}`` atomically (temp file + rename)."""
+    path = os.path.join(folder, RUN_ID_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"run_id": run_id, **extra}, f)
+    os.replace(path + ".tmp", path)
+
+
+def read_run_id(folder: str | os.PathLike) -> str | None:
+    """The run id in ``folder/run_id.json``, or ``None`` when there is none (or it does not parse)."""
+    try:
+        with open(os.path.join(folder, RUN_ID_FILE)) as f:
+            run_id = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(run_id) if run_id else None
+
+
+def copy_run_id(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
+    """Record ``run_dir``'s run id in ``checkpoint`` (nothing when ``run_dir`` has none: library runs)."""
+    run_id = read_run_id(run_dir)
+    if run_id is not None and os.path.isdir(checkpoint):
+        write_run_id(checkpoint, run_id)
 
 
 def last_checkpoint(output_dir: str | os.PathLike, marker: str = COMPLETE_MARKER) -> str | None:

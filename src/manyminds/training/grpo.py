@@ -58,6 +58,7 @@ from manyminds.rl.functional import (
 from manyminds.rl.label_free import group_majority_rewards, strip_labels
 from manyminds.rl.rescue import splice_groups, zero_signal_groups
 
+from .common import copy_run_id
 from .grpo_config import PopulationGRPOConfig
 
 MIND_STATE_FILE = "mind_state.json"
@@ -481,6 +482,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            copy_run_id(self.args.output_dir, folder)  # before mind_state.json: a complete checkpoint names its run
             state = {"mind_calls": self._mind_calls, "mind_seed": self.args.mind_seed,
                      "mind_sigma": self.args.mind_sigma, "mind_assignment": self.args.mind_assignment}
             tmp = os.path.join(folder, MIND_STATE_FILE + ".tmp")
