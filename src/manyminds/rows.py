@@ -12,6 +12,10 @@
   SFTTrainer / DPOTrainer do (the chat template applied once to the whole conversation, the
   prompt part found as the common prefix), prompts cut from the left (:func:`encode_completions`,
   :func:`encode_pair`), right-padded by :func:`pad_rows`;
+- bounded input: rows over :data:`MAX_FIELD_CHARS` characters are refused when a file is read
+  (:func:`check_row_sizes`, :func:`check_jsonl_sizes`) and before tokenising; prompts plus
+  ``max_new_tokens`` are checked against the model's context before generating
+  (:func:`check_context`);
 - log-probs of selected tokens ``[N, L]`` from logits ``[N, T, V]`` in blocks, without a float32
   copy of the logits (:func:`selected_log_probs`, :func:`sequence_token_logps`).
 
@@ -25,7 +29,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["LOGPS_BLOCK_ELEMENTS", "check_row_ids", "common_prefix_length", "encode_completions", "encode_pair",
+__all__ = ["LOGPS_BLOCK_ELEMENTS", "MAX_FIELD_CHARS", "check_context", "check_jsonl_sizes", "check_row_ids",
+           "check_row_sizes", "common_prefix_length", "encode_completions", "encode_pair",
            "expand_row_ids", "has_chat_template", "is_conversational", "logit_blocks", "pad_id_of", "pad_left",
            "pad_rows", "prompt_list", "selected_log_probs", "sequence_token_logps", "tokenize_prompts",
            "truncate_prompt_left", "user_message"]
@@ -163,7 +168,91 @@ def _chat_ids(tokenizer, conversations: list[list[dict]], add_generation_prompt:
     return [list(ids) for ids in out["input_ids"]]
 
 
-def tokenize_prompts(tokenizer, prompts) -> list[list[int]]:
+# ------------------------------------------------------------------------------ bounded input
+MAX_FIELD_CHARS = 1_000_000
+"""Most characters one text field of a row (a prompt, a completion, a message) may hold. A 20 MB
+prompt line takes about a minute and 8 GB to tokenise before any context check can see it, so
+sizes are checked on characters first, where it is cheap."""
+
+
+def _text_chars(value) -> int:
+    """Characters of a field: a string's length, the longest message content of a conversation."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return max((_text_chars(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return max((_text_chars(v) for v in value.values()), default=0)
+    return 0
+
+
+def check_row_sizes(row: dict, where: str, max_chars: int = MAX_FIELD_CHARS) -> None:
+    """Raise ``ValueError`` when a field of ``row`` holds over ``max_chars`` characters.
+
+    ``where`` starts the one-line message (``"data.jsonl:12"``, ``"row 3"``).
+    """
+    for field, value in row.items():
+        n = _text_chars(value)
+        if n > max_chars:
+            raise ValueError(f"{where}: field {field!r} has {n} characters, over the limit of {max_chars}; "
+                             f"shorten or drop the row (the limit is max_chars)")
+
+
+def check_jsonl_sizes(path, max_chars: int = MAX_FIELD_CHARS) -> None:
+    """Refuse a JSONL file with a row over ``max_chars`` characters in one field, naming file and line.
+
+    Streams the file: a line no longer than ``max_chars`` cannot hold a longer field, so only the
+    long lines are parsed. Lines that are not JSON objects are left to the loader to report.
+    """
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if len(line) <= max_chars:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                check_row_sizes(row, f"{path}:{number}", max_chars)
+
+
+def _check_prompt_chars(prompts: list, max_chars: int) -> None:
+    """Refuse a prompt over ``max_chars`` characters before the tokenizer spends minutes on it."""
+    for i, prompt in enumerate(prompts):
+        n = _text_chars(prompt)
+        if n > max_chars:
+            raise ValueError(f"prompt {i} has {n} characters, over the limit of {max_chars}; shorten it "
+                             f"(no model context holds it)")
+
+
+def check_context(config, prompt_lengths: Sequence[int], max_new_tokens: int | None) -> None:
+    """Refuse prompts that do not fit the model's context with the tokens to generate.
+
+    Checks ``max(prompt_lengths) + max_new_tokens <= config.max_position_embeddings`` (GPT-2's
+    ``n_positions`` maps to it); a config without it is not checked. Past that length GPT-2-style
+    models fail with ``IndexError: index out of range in self`` and rotary models run on positions
+    they never saw.
+
+    Args:
+        config: the model's ``PretrainedConfig`` (or ``None``: nothing is checked).
+        prompt_lengths: ``[B]`` prompt lengths in tokens, without padding.
+        max_new_tokens: tokens to generate per row (``None``: 0).
+    """
+    context = getattr(config, "max_position_embeddings", None)
+    if not isinstance(context, int) or not prompt_lengths:
+        return
+    new = int(max_new_tokens or 0)
+    longest = max(range(len(prompt_lengths)), key=lambda i: prompt_lengths[i])
+    tokens = int(prompt_lengths[longest])
+    if tokens + new > context:
+        raise ValueError(f"prompt {longest} has {tokens} tokens; with max_new_tokens={new} that is {tokens + new}, "
+                         f"over the model's context of {context} tokens (max_position_embeddings); shorten the "
+                         f"prompt or lower max_new_tokens to {max(context - tokens, 0)}")
+
+
+def tokenize_prompts(tokenizer, prompts, max_chars: int = MAX_FIELD_CHARS) -> list[list[int]]:
     """Token ids of each prompt, unpadded, as TRL 1.16's ``GRPOTrainer._tokenize_prompts`` computes them.
 
     Plain text: ``tokenizer(text=prompts)["input_ids"]`` (default ``add_special_tokens``: a BOS
@@ -172,11 +261,13 @@ def tokenize_prompts(tokenizer, prompts) -> list[list[int]]:
 
     Args:
         prompts: anything :func:`prompt_list` accepts (``[N]`` rows).
+        max_chars: a prompt (or message) over this many characters is refused before tokenising.
 
     Returns:
         ``[N]`` lists of ids.
     """
     prompts = prompt_list(prompts)
+    _check_prompt_chars(prompts, max_chars)
     if is_conversational(prompts[0]):
         return _chat_ids(tokenizer, prompts, add_generation_prompt=True)
     return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]

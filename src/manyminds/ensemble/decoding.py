@@ -16,6 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from manyminds.metrics import majority_share
+from manyminds.rows import check_context
 
 from .lora import EnsembleLoRA
 from .uncertainty import CHUNK_ELEMENTS
@@ -181,6 +182,7 @@ def generate_texts(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str], mo
     """
     device = next(ensemble.model.parameters()).device
     enc = _tokenize_prompts(tokenizer, prompts, device)
+    check_context(ensemble.model.config, enc["attention_mask"].sum(dim=1).tolist(), max_new_tokens)
     prompt_len = enc["input_ids"].shape[1]
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .core import build_records, read_prompts
-from .generation import pad_id_of, pad_left, tokenize_prompts
+from .generation import check_context, pad_id_of, pad_left, tokenize_prompts
 from .scoring import ConditionScores, score_condition
 
 __all__ = ["EnsembleEvaluation", "evaluate_ensemble"]
@@ -140,7 +140,9 @@ def evaluate_ensemble(ensemble, tokenizer, dataset, batch_size: int = 32, max_ne
     out = EnsembleEvaluation(prompts=prompts, answers=answers)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        enc = pad_left(tokenize_prompts(tokenizer, chunk), pad, device)  # [B, T]
+        ids = tokenize_prompts(tokenizer, chunk)
+        check_context(ensemble.model.config, [len(r) for r in ids], max_new_tokens)
+        enc = pad_left(ids, pad, device)  # [B, T]
         T = enc["input_ids"].shape[1]
         members = generate_members(ensemble, **enc, do_sample=False, **gen)  # [K, B, T + new]
         member_grid += [[_until_eos(tokenizer, members[k, b, T:])[0] for k in range(K)] for b in range(len(chunk))]

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from manyminds.rows import is_conversational, pad_id_of, pad_left, tokenize_prompts
+from manyminds.rows import check_context, is_conversational, pad_id_of, pad_left, tokenize_prompts
 
-__all__ = ["decode_new", "generate_completions", "is_conversational", "pad_id_of", "pad_left", "sampling_kwargs",
+__all__ = ["check_context", "decode_new", "generate_completions", "is_conversational", "pad_id_of", "pad_left", "sampling_kwargs",
            "tokenize_prompts"]
 
 
@@ -65,6 +65,7 @@ def generate_completions(model, tokenizer, prompts: Sequence, *, max_new_tokens:
                          f"{None if mind_ids is None else len(mind_ids)} ids")
     device = next(model.parameters()).device
     ids = tokenize_prompts(tokenizer, prompts)
+    check_context(getattr(model, "config", None), [len(r) for r in ids], max_new_tokens)
     pad = pad_id_of(tokenizer)
     kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
               **sampling_kwargs(temperature)}

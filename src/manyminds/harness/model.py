@@ -7,7 +7,8 @@ Modes (``--model_args``):
   ``generate_until`` runs inside ``Population(model, sigma, seed, norms, noise).minds([M] * B)``
   (``B``: the rows of that call). ``mind=-1`` is the unperturbed model.
 - ``minds=N``: generation tasks only. Each request is generated once by each of minds
-  ``0 .. N-1`` (one batch of ``N * B`` rows, prompt-major). Each continuation is cut at the
+  ``0 .. N-1`` (``N * B`` rows, prompt-major, at most ``max_batch_size`` rows per ``generate``
+  call). Each continuation is cut at the
   task's stop sequences exactly as ``HFLM`` cuts it, its final answer is
   :func:`manyminds.tasks.extract_answer` (the text after the last ``####``), and the answers vote
   (:func:`manyminds.metrics.majority_vote`; ties go to the lowest mind). Continuations without an
@@ -197,18 +198,28 @@ class ManyMindsLM(HFLM):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
         n, (B, T) = len(self.voters), context.shape
         rows = context.repeat_interleave(n, dim=0)  # [B*n, T], prompt-major: row b*n + j is voter j
-        if generation_kwargs.get("attention_mask") is not None:
-            generation_kwargs["attention_mask"] = generation_kwargs["attention_mask"].repeat_interleave(n, dim=0)
-        with self._route(self.voters * B):
-            out = super()._model_generate(rows, max_length, stop, **generation_kwargs)  # [B*n, T + new]
+        mask = generation_kwargs.pop("attention_mask", None)
+        mask = None if mask is None else mask.repeat_interleave(n, dim=0)  # [B*n, T]
+        voters = self.voters * B  # [B*n]
+        step = max(int(self.max_batch_size or B * n), 1)  # rows per generate call: minds=1000 is not one batch
+        outs = []
+        for start in range(0, B * n, step):
+            kwargs = dict(generation_kwargs)
+            if mask is not None:
+                kwargs["attention_mask"] = mask[start:start + step]
+            with self._route(voters[start:start + step]):
+                out = super()._model_generate(rows[start:start + step], max_length, stop, **kwargs)  # [b, T + new_b]
+            outs += list(out)
         picks = []
         for b in range(B):
-            texts = [self._cut(out[b * n + j, T:].tolist(), stop) for j in range(n)]
+            texts = [self._cut(outs[b * n + j][T:].tolist(), stop) for j in range(n)]
             j, answer = vote_index(texts)
-            picks.append(b * n + j)
+            picks.append(outs[b * n + j])
             self.votes.append({"prompt": self.tok_decode(context[b].tolist()), "voters": list(self.voters),
                                "continuations": texts, "answer": answer, "winner": self.voters[j]})
-        return out[picks]  # [B, T + new]
+        # chunks stop at different lengths: right-pad as one generate call pads its finished rows
+        return torch.nn.utils.rnn.pad_sequence(picks, batch_first=True,
+                                               padding_value=self.tokenizer.pad_token_id)  # [B, T + new]
 
     def _cut(self, tokens: list[int], stop: list[str]) -> str:
         """A continuation's text exactly as ``HFLM.generate_until`` returns it (decoded, thinking

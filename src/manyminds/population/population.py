@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from manyminds.rows import (
+    check_context,
     check_row_ids,
     expand_row_ids,
     pad_id_of,
@@ -339,7 +340,7 @@ class Population:
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompts, minds: int | Sequence[int] | torch.Tensor | None = None, tokenizer=None,
-                 return_minds: bool = False, **generate_kwargs):
+                 return_minds: bool = False, batch_size: int = 64, **generate_kwargs):
         """Generate with one mind per row.
 
         Two forms:
@@ -356,15 +357,17 @@ class Population:
           * a list of ids with a single prompt: that prompt once per id;
           * ``None``: one row per prompt with mind ``-1`` (the plain model).
 
-          Returns the decoded completions (new tokens only), one per generated row
-          (``num_return_sequences`` rows per input row, consecutive); with
+          Rows go to ``model.generate`` ``batch_size`` at a time (``minds=1000`` is not one
+          batch of 1000 rows). Returns the decoded completions (new tokens only), one per
+          generated row (``num_return_sequences`` rows per input row, consecutive); with
           ``return_minds=True`` also the mind id of each returned row.
         - tensors: ``prompts`` is an ``input_ids`` tensor ``[B, T]`` or a mapping with
           ``input_ids`` (and ``attention_mask``); ``minds`` gives one id per row. Returns what
           ``model.generate`` returns.
 
         ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``,
-        ``temperature``, ``num_return_sequences``, ...).
+        ``temperature``, ``num_return_sequences``, ...). Prompts that do not fit the model's
+        context with ``max_new_tokens`` are refused first (:func:`manyminds.rows.check_context`).
 
         Example:
             >>> pop.generate([[{"role": "user", "content": "Name a color."}]], minds=4, max_new_tokens=8)
@@ -376,6 +379,9 @@ class Population:
                                 (list(range(minds)) if isinstance(minds, int) else minds))
             if ids.shape[0] != rows:
                 raise ValueError(f"got {ids.shape[0]} mind ids for {rows} input rows; pass one id per row")
+            mask = inputs.get("attention_mask")
+            lengths = (mask.sum(dim=1).tolist() if mask is not None else [inputs["input_ids"].shape[1]] * rows)
+            check_context(self.model.config, lengths, self._max_new_tokens(generate_kwargs))
             with self.minds(ids), torch.no_grad():
                 return self.model.generate(**inputs, **generate_kwargs)
 
@@ -383,15 +389,21 @@ class Population:
         if tokenizer is None:
             raise ValueError("Population.generate needs a tokenizer for text or chat prompts: pass tokenizer=... "
                              "(or Population(..., tokenizer=tok)), or pass input_ids")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: pass a positive number of rows per generate call")
         rows, ids = self._rows(prompts, minds)
         device = next(self.model.parameters()).device
         pad_id = pad_id_of(tokenizer)
-        enc = pad_left(tokenize_prompts(tokenizer, rows), pad_id, device)  # [B, T], left-padded
+        encoded = tokenize_prompts(tokenizer, rows)  # [B] id lists
+        check_context(self.model.config, [len(r) for r in encoded], self._max_new_tokens(generate_kwargs))
         generate_kwargs.setdefault("pad_token_id", pad_id)
-        with self.minds(ids), torch.no_grad():
-            out = self.model.generate(**enc, **generate_kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1]:]  # [B * num_return_sequences, new]
-        completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        completions = []
+        for start in range(0, len(encoded), batch_size):
+            enc = pad_left(encoded[start:start + batch_size], pad_id, device)  # [b, T], left-padded
+            with self.minds(ids[start:start + batch_size]), torch.no_grad():
+                out = self.model.generate(**enc, **generate_kwargs)
+            new_tokens = out[:, enc["input_ids"].shape[1]:]  # [b * num_return_sequences, new]
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         warn_if_collapsed(completions, expand_row_ids(ids, len(completions)).tolist())
         if return_minds:
             return completions, expand_row_ids(ids, len(completions)).tolist()
@@ -416,6 +428,14 @@ class Population:
         from .decisions import select_minds
 
         return select_minds(self, dataset, reward, n, **kwargs)
+
+    def _max_new_tokens(self, generate_kwargs: dict) -> int | None:
+        """The ``max_new_tokens`` that ``model.generate`` will use: the argument, else the model's
+        generation config."""
+        if generate_kwargs.get("max_new_tokens") is not None:
+            return generate_kwargs["max_new_tokens"]
+        config = generate_kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        return getattr(config, "max_new_tokens", None)
 
     @staticmethod
     def _rows(prompts, minds) -> tuple[list, torch.Tensor]:

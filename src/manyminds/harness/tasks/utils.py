@@ -15,9 +15,12 @@ def load_jsonl(data_files: dict, **_unused):
 
     Raises:
         FileNotFoundError: a file does not exist (the message names it and the YAML key).
-        ValueError: a line is not a JSON object (the message names the file and line).
+        ValueError: a line is not a JSON object, or a field holds over
+            :data:`manyminds.rows.MAX_FIELD_CHARS` characters (the message names the file and line).
     """
     import datasets
+
+    from manyminds.rows import check_row_sizes
 
     if not isinstance(data_files, dict) or not data_files:
         raise ValueError("dataset_kwargs.data_files must map split names to JSONL files, e.g. {test: arith_test.jsonl}")
@@ -42,6 +45,7 @@ def load_jsonl(data_files: dict, **_unused):
                 if not isinstance(row, dict):  # a data error, reported like the JSON errors above
                     raise ValueError(  # noqa: TRY004
                         f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                check_row_sizes(row, f"{path}:{number}")
                 rows.append(row)
         if not rows:
             raise ValueError(f"task data file {path} holds no rows")
