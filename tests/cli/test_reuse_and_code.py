@@ -12,24 +12,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.cli import app
 from manyminds.cli.common import CLIError
 from manyminds.cli.train import check_output_dir, load_reward, parse
-from manyminds.models import random_model
 from manyminds.training.common import RUN_ID_FILE, read_run_id, write_run_id
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tok = build_tokenizer()
-    path = tmp_path_factory.mktemp("reuse_model")
-    random_model("qwen2", vocab_size=VOCAB_SIZE, seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                 eos_token_id=tok.eos_token_id).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _error_line(result) -> str:

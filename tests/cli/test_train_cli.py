@@ -15,24 +15,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.cli import app
-from manyminds.models import random_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 REWARD = "_cli_rewards.text_hash_reward"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tok = build_tokenizer()
-    path = tmp_path_factory.mktemp("cli_train_model")
-    random_model("qwen2", vocab_size=VOCAB_SIZE, seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                 eos_token_id=tok.eos_token_id).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
