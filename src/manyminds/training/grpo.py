@@ -394,7 +394,9 @@ class PopulationGRPOTrainer(GRPOTrainer):
                                torch.zeros_like(mind_logps))
             tokens = self.accelerator.gather((mask.bool() & rows[:, None]).sum().float().reshape(1)).sum()
             kl = (self.accelerator.gather(diff.sum().double().reshape(1)).sum() / tokens.clamp(min=1)).item()
-            log_w = self.accelerator.gather(mind_log_weights(mean_logps, mind_logps, mask)[rows])
+            # gathered at the same shape [B] on every process (variable-length gathers would hang), then filtered
+            log_w = self.accelerator.gather(mind_log_weights(mean_logps, mind_logps, mask))
+            log_w = log_w[self.accelerator.gather(rows)]
             metrics["minds/kl_mind_mean"].append(kl)
             metrics["minds/frac_weight_below_0.1"].append((log_w < math.log(0.1)).float().mean().item()
                                                           if log_w.numel() else float("nan"))
