@@ -73,3 +73,5 @@ def _isolate_engines(monkeypatch):
     gc.collect()
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    yield
+    gc.collect()  # also after: an engine kept alive by a test's traceback cycle is finalized here, not mid-build

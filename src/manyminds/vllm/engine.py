@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import numbers
 import os
+import weakref
 from collections.abc import Sequence
 
 from manyminds.population.spec import MindSpec
@@ -108,9 +109,10 @@ def admit_minds(llm) -> None:
     if getattr(engine, "_manyminds_add_request", None) is not None:
         return
     original = engine.add_request
+    owner = weakref.ref(llm)  # no llm -> engine -> closure -> llm cycle: the engine is freed on `del llm`
 
     def add_request(request_id, prompt, params, *args, **kwargs):
-        spec = admission_spec(params, engine_layout(llm))
+        spec = admission_spec(params, engine_layout(owner()))
         if spec is not None and not _is_plain(spec) and isinstance(prompt, dict) and not prompt.get("cache_salt"):
             prompt = {**prompt, "cache_salt": mind_salt(spec)}
         elif spec is not None and not _is_plain(spec) and isinstance(prompt, str):
