@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from manyminds.tasks.splits import split_of
+from manyminds.tasks.splits import distinct_in_split
 
 OPERATORS = "+-*"
 
@@ -97,17 +97,18 @@ def arith_rows(split: str, n: int, seed: int, digits: int = 1, ops: int = 3,
     """``n`` distinct problems of ``split``; columns prompt, completion, answer."""
     check_knobs(digits, ops, operators)
     rng = random.Random(f"arith/{split}/{seed}/{digits}/{ops}/{operators}")
-    rows, seen, tries = [], set(), 0
-    while len(rows) < n:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise ValueError(f"arith: only {len(rows)} distinct {split} problems found with digits={digits}, "
-                             f"ops={ops}, operators={operators!r}; ask for fewer (n<={len(rows)}) or raise digits/ops")
+
+    def draw():
         p = sample_problem(rng, digits, ops, operators)
-        prompt = format_prompt(p.expression)
-        if prompt in seen or split_of(prompt) != split:
-            continue
-        seen.add(prompt)
+        return format_prompt(p.expression), p
+
+    def too_few(found: int) -> str:
+        return (f"arith: only {found} distinct {split} problems found with digits={digits}, ops={ops}, "
+                f"operators={operators!r}; ask for fewer (n<={found}) or raise digits/ops")
+
+    rows = []
+    for p in distinct_in_split(split, n, draw, too_few):
         steps, value = p.steps()
-        rows.append({"prompt": prompt, "completion": format_completion(steps, value), "answer": str(value)})
+        rows.append({"prompt": format_prompt(p.expression), "completion": format_completion(steps, value),
+                     "answer": str(value)})
     return rows

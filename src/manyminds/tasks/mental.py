@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-from manyminds.tasks.splits import split_of
+from manyminds.tasks.splits import distinct_in_split
 
 OPERATORS = "+-*"
 _WORDS = {"+": "+", "-": "-", "*": "×"}
@@ -63,20 +63,19 @@ def mental_rows(split: str, n: int, seed: int, max_operand: int = 20, operators:
     """
     check_knobs(max_operand, operators, nonnegative, instruction)
     rng = random.Random(f"mental/{split}/{seed}/{max_operand}/{operators}/{nonnegative}")
-    rows, seen, tries = [], set(), 0
-    while len(rows) < n:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise ValueError(f"mental: only {len(rows)} distinct {split} problems found with "
-                             f"max_operand={max_operand}, operators={operators!r}; ask for fewer "
-                             f"(n<={len(rows)}) or raise max_operand")
+
+    def draw():
         a, b, op = rng.randint(0, max_operand), rng.randint(0, max_operand), rng.choice(operators)
         if op == "-" and nonnegative and b > a:
             a, b = b, a
-        expression = mental_expression(a, op, b)
-        if expression in seen or split_of(expression) != split:
-            continue
-        seen.add(expression)
-        rows.append({"prompt": [{"role": "user", "content": f"What is {expression}?{instruction}"}],
+        return mental_expression(a, op, b), (a, op, b)
+
+    def too_few(found: int) -> str:
+        return (f"mental: only {found} distinct {split} problems found with max_operand={max_operand}, "
+                f"operators={operators!r}; ask for fewer (n<={found}) or raise max_operand")
+
+    rows = []
+    for a, op, b in distinct_in_split(split, n, draw, too_few):
+        rows.append({"prompt": [{"role": "user", "content": f"What is {mental_expression(a, op, b)}?{instruction}"}],
                      "answer": str(mental_value(a, op, b))})
     return rows

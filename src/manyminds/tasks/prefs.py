@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from manyminds.tasks.arith import check_knobs, format_completion, format_prompt, sample_problem
-from manyminds.tasks.splits import split_of
+from manyminds.tasks.splits import distinct_in_split
 
 
 def terse_completion(value: int | str) -> str:
@@ -24,16 +24,17 @@ def prefs_rows(split: str, n: int, seed: int, digits: int = 1, ops: int = 2,
     if not 0.0 <= style_fraction <= 1.0:
         raise ValueError(f"prefs: style_fraction must be in [0, 1], got {style_fraction!r}")
     rng = random.Random(f"prefs/{split}/{seed}/{digits}/{ops}/{style_fraction}")
-    rows, n_style, seen, tries = [], 0, set(), 0
-    while len(rows) < n:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise ValueError(f"prefs: only {len(rows)} distinct {split} prompts with digits={digits}, ops={ops}; ask for fewer")
+
+    def draw():
         p = sample_problem(rng, digits, ops, "+-")
+        return format_prompt(p.expression), p
+
+    def too_few(found: int) -> str:
+        return f"prefs: only {found} distinct {split} prompts with digits={digits}, ops={ops}; ask for fewer"
+
+    rows, n_style = [], 0
+    for p in distinct_in_split(split, n, draw, too_few):  # the style draws below come between problems
         prompt = format_prompt(p.expression)
-        if prompt in seen or split_of(prompt) != split:
-            continue
-        seen.add(prompt)
         steps, value = p.steps()
         worked = format_completion(steps, value)
         if rng.random() < style_fraction:
