@@ -46,6 +46,7 @@ import platform
 import statistics
 import tempfile
 import time
+import unittest.mock
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -202,7 +203,6 @@ def _grpo_model_dir(size: str, directory: str):
     return tokenizer
 
 
-@contextlib.contextmanager
 def _trl_engine(kind: str, dtype: str):
     """The ``vllm.LLM`` that TRL's colocate mode builds gets ``dtype`` explicitly (TRL passes none: vLLM
     would read it from the checkpoint) and, for plain TRL, the weight-sync extension alone (vLLM-cpu
@@ -222,20 +222,14 @@ def _trl_engine(kind: str, dtype: str):
             kwargs.setdefault("worker_extension_cls", WEIGHT_SYNC_EXTENSION)
         return original(*args, **kwargs)
 
-    vllm_generation.LLM = llm
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
+    return unittest.mock.patch.object(vllm_generation, "LLM", llm)
 
 
 def _weight_sync_info(llm) -> dict:
     """The engine's ``{"packed_layers", "reloaded_layers", ...}`` from the weight-sync extension."""
-    from manyminds.vllm import weight_sync
+    from manyminds.vllm.weight_sync import weight_sync_info
 
-    if hasattr(weight_sync, "weight_sync_info"):  # a function run on the worker
-        return llm.collective_rpc(weight_sync.weight_sync_info)[0]
-    return llm.collective_rpc("manyminds_weight_sync_info")[0]  # an extension method (earlier versions)
+    return llm.collective_rpc(weight_sync_info)[0]
 
 
 def grpo_run(kind: str, size: str, steps: int, rows: int, new_tokens: int, precision: str, dtype: str,

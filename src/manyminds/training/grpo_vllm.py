@@ -37,7 +37,7 @@ with its request (``docs/vllm.md``, "Server mode").
 
 from __future__ import annotations
 
-import contextlib
+import unittest.mock
 from collections.abc import Sequence
 
 from manyminds.vllm._protocol import WORKER_EXTENSION
@@ -60,9 +60,8 @@ def check_vllm_config(args) -> None:
         raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {args.vllm_mode!r}")
 
 
-@contextlib.contextmanager
 def mind_extension_for_trl():
-    """Inside the context, the ``vllm.LLM`` that TRL's colocate mode builds carries the mind extension."""
+    """A context inside which the ``vllm.LLM`` that TRL's colocate mode builds carries the mind extension."""
     from trl.generation import vllm_generation
 
     original = vllm_generation.LLM
@@ -73,11 +72,7 @@ def mind_extension_for_trl():
         kwargs["worker_extension_cls"] = WORKER_EXTENSION
         return original(*args, **kwargs)
 
-    vllm_generation.LLM = llm_with_minds
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
+    return unittest.mock.patch.object(vllm_generation, "LLM", llm_with_minds)
 
 
 class MindRolloutLLM:

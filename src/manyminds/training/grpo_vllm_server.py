@@ -20,7 +20,7 @@ reads the log-probs the server returns under each row's mind (see :mod:`manymind
 
 from __future__ import annotations
 
-import contextlib
+import unittest.mock
 
 __all__ = ["attach_server", "check_server_config", "mind_client_for_trl"]
 
@@ -40,19 +40,13 @@ def check_server_config(args) -> None:
                          "`manyminds vllm-serve --tensor-parallel-size N` and leave vllm_tensor_parallel_size=1")
 
 
-@contextlib.contextmanager
 def mind_client_for_trl():
-    """Inside the context, the ``VLLMClient`` that TRL's server mode builds is a ``MindVLLMClient``."""
+    """A context inside which the ``VLLMClient`` that TRL's server mode builds is a ``MindVLLMClient``."""
     from trl.generation import vllm_generation
 
     from manyminds.vllm.client import MindVLLMClient
 
-    original = vllm_generation.VLLMClient
-    vllm_generation.VLLMClient = MindVLLMClient
-    try:
-        yield
-    finally:
-        vllm_generation.VLLMClient = original
+    return unittest.mock.patch.object(vllm_generation, "VLLMClient", MindVLLMClient)
 
 
 def attach_server(trainer) -> None:
