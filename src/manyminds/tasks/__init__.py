@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from manyminds.tasks.answers import extract_answer, normalize_answer, verify_answer
 from manyminds.tasks.arith import arith_rows
 from manyminds.tasks.conflict import conflict_rows
+from manyminds.tasks.facts import SPLITS as FACT_SPLITS
+from manyminds.tasks.facts import facts_rows
 from manyminds.tasks.mental import mental_rows
 from manyminds.tasks.prefs import prefs_rows
 from manyminds.tasks.splits import SPLITS, split_of
@@ -29,7 +31,8 @@ class Task:
     name: str
     rows: Callable[..., list[dict]]
     description: str
-    default_n: dict
+    default_n: dict  # rows per split; None = every row of a fixed question set
+    splits: tuple[str, ...] = SPLITS
 
 
 TASKS: dict[str, Task] = {
@@ -45,6 +48,10 @@ TASKS: dict[str, Task] = {
     "mental": Task("mental", mental_rows,
                    "chat questions 'What is 7 + 5?' with a free-form answer, always conversational "
                    "(knobs: max_operand, operators, nonnegative, instruction)", {"train": 400, "test": 100}),
+    "facts": Task("facts", facts_rows,
+                  "short fact questions for chat LMs ('What is the capital of France?') with "
+                  "accepted answers, splits dev/test (knobs: path, instruction)",
+                  {"dev": None, "test": None}, FACT_SPLITS),
 }
 
 
@@ -82,9 +89,11 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
     """Load a bundled task as a ``datasets.Dataset``.
 
     Args:
-        name: one of :data:`TASKS` (``"arith"``, ``"conflict"``, ``"prefs"``, ``"mental"``).
-        split: ``"train"`` or ``"test"``; the two never share a prompt.
-        n: number of rows (default: the task's default for the split).
+        name: one of :data:`TASKS` (``"arith"``, ``"conflict"``, ``"prefs"``, ``"mental"``,
+            ``"facts"``).
+        split: ``"train"`` or ``"test"`` (``"dev"`` or ``"test"`` for ``facts``); splits never share
+            a prompt.
+        n: number of rows (default: the task's default for the split; ``facts``: all of the split).
         seed: sampling seed; the same arguments always give the same rows.
         conversational: TRL's conversational columns (:func:`conversational_rows`): ``prompt`` as a
             user message, ``completion`` (SFT) or ``chosen``/``rejected`` (preferences) as assistant
@@ -93,14 +102,15 @@ def load_task(name: str, split: str = "train", n: int | None = None, seed: int =
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} for task {name!r}; valid splits: {', '.join(SPLITS)}")
+    splits = TASKS[name].splits
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} for task {name!r}; valid splits: {', '.join(splits)}")
     valid = task_knobs(name)
     bad = sorted(set(knobs) - set(valid))
     if bad:
         raise ValueError(f"unknown setting(s) {', '.join(bad)} for task {name!r}; valid: {', '.join(valid)}")
     n = TASKS[name].default_n[split] if n is None else n
-    if not isinstance(n, int) or n < 1:
+    if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not isinstance(conversational, bool):
         raise TypeError(f"conversational must be True or False, got {conversational!r}")
