@@ -5,8 +5,8 @@ import torch
 from peft import PeftModel
 
 from manyminds.ensemble import EnsembleLoRA, EnsembleLoRALinear
-from manyminds.ensemble.lora import _RoutedCheckpoint
-from manyminds.models import random_model
+from manyminds.ensemble.layer import RoutedCheckpoint
+from manyminds.zoo.models import random_model
 
 
 def _ids(B=2, T=6, seed=0):
@@ -173,7 +173,7 @@ def test_unload_restores_base_exactly(tiny_qwen2):
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in model.state_dict().items())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert not any(isinstance(m, EnsembleLoRALinear) for m in model.modules())
-    assert all(not isinstance(m.__dict__.get("_gradient_checkpointing_func"), _RoutedCheckpoint)
+    assert all(not isinstance(m.__dict__.get("_gradient_checkpointing_func"), RoutedCheckpoint)
                for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(input_ids=x).logits, base(input_ids=x).logits)
@@ -356,7 +356,7 @@ def test_trainer_with_gradient_checkpointing_matches_plain(char_qwen2, char_toke
         trainer.train()
         layer = trainer.ensemble.model.model.layers[0]
         assert layer.gradient_checkpointing == checkpointing
-        assert isinstance(layer.__dict__.get("_gradient_checkpointing_func"), _RoutedCheckpoint) == checkpointing
+        assert isinstance(layer.__dict__.get("_gradient_checkpointing_func"), RoutedCheckpoint) == checkpointing
         params[checkpointing] = [p.detach().clone() for p in trainer.ensemble.lora_parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(start, params[True]))
     for a, b in zip(params[True], params[False]):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from manyminds.rewards import short_answer_reward
 from manyminds.tasks import load_task, task_knobs
 from manyminds.tasks.facts import DATA, fact_split, read_facts
 from manyminds.tasks.short_answer import (
@@ -14,7 +15,6 @@ from manyminds.tasks.short_answer import (
     is_correct,
     normalize_text,
     reply_key,
-    short_answer_reward,
 )
 
 GREEDY = Path(__file__).resolve().parents[2] / "docs" / "data" / "facts" / "greedy_smollm2.jsonl"

