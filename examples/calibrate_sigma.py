@@ -24,12 +24,12 @@ import manyminds
 from manyminds.population import CalibrationConfig, Population, calibrate_sigma, plot_calibration
 from manyminds.population.calibrate import (
     _eos_ids,
-    _pad_id,
     _scored_logprobs,
     answer_stats,
     build_calibration_data,
     mean_token_kl,
 )
+from manyminds.rows import pad_id_of
 
 # sigmas the issue found by hand (absolute, additive, all norms)
 HAND_SIGMAS = {"tiny-arith": (0.05, 0.1), "smollm2-135m-instruct": (0.01, 0.02, 0.05)}
@@ -41,7 +41,7 @@ def fixed_points(pop, tok, config, sigmas):
     data = build_calibration_data(model, tok, config)
     with torch.no_grad():
         plain = _scored_logprobs(model, data)
-    eos, pad = _eos_ids(model, tok), _pad_id(tok)
+    eos, pad = _eos_ids(model, tok), pad_id_of(tok)
     minds = list(range(config.minds))
     rows = []
     for s in sigmas:

@@ -15,12 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from manyminds.metrics import majority_vote
 from manyminds.tasks import extract_answer, verify_answer
+from manyminds.tasks.short_answer import is_correct
 
 ANSWER_COLUMN = "answer"
 
@@ -165,20 +168,65 @@ def majority_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], **k
 
 majority_vote_reward.requires_answer = False
 
+
+def short_answer_reward(prompts: Sequence[Any], completions: Sequence[Any],
+                        accepted: Sequence[Any] | None = None, answer: Sequence[Any] | None = None,
+                        **kwargs) -> list[float]:
+    """TRL reward: 1.0 when the completion names an accepted answer, else 0.0
+    (:func:`manyminds.tasks.short_answer.is_correct`).
+
+    ``r_i = 1[is_correct(c_i, A_i)]`` with ``A_i`` the row's ``accepted`` list (the ``facts``
+    task's column) or, without that column, ``[answer_i]``. Completions are strings or TRL's
+    conversational message lists.
+    """
+    if accepted is not None:
+        golds = _answers({"answer": accepted}, len(completions), "short_answer_reward")
+        golds = [[g] if isinstance(g, str) else list(g) for g in golds]
+    else:
+        answers = _answers({"answer": answer}, len(completions), "short_answer_reward")
+        golds = [[str(a)] for a in answers]
+    return [float(is_correct(completion_text(c), g)) for c, g in zip(completions, golds)]
+
+
+short_answer_reward.requires_answer = True
+
+
 # name -> reward function, for the CLI and configs.
 REWARDS: dict[str, Callable[..., list[float]]] = {
     "answer": answer_reward,
     "math_verify": math_verify_reward,
     "format": format_reward,
     "majority_vote": majority_vote_reward,
+    "short_answer": short_answer_reward,
 }
 
 
 def get_reward(name: str) -> Callable[..., list[float]]:
-    """Reward function by name (``"answer"``, ``"math_verify"``, ``"format"``, ``"majority_vote"``)."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose from: {', '.join(REWARDS)}")
-    return REWARDS[name]
+    """A reward function by name in :data:`REWARDS` (``"answer"``, ``"math_verify"``, ``"format"``,
+    ``"majority_vote"``, ``"short_answer"``) or by dotted import path (``"my_pkg.rewards.fn"``).
+
+    A dotted path is code: importing it runs its module, whatever that does.
+
+    Raises:
+        ValueError: an unknown name or a path that does not import.
+        TypeError: the path names something that is not callable.
+    """
+    if name in REWARDS:
+        return REWARDS[name]
+    if "." not in name:
+        close = difflib.get_close_matches(name, list(REWARDS), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown reward {name!r}{hint}; choose from {', '.join(REWARDS)} or pass a dotted "
+                         f"import path (my_pkg.rewards.fn)")
+    module_name, attr = name.rsplit(".", 1)
+    try:
+        reward = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reward {name!r} cannot be imported ({err}); check the dotted path") from err
+    if not callable(reward):
+        raise TypeError(f"reward {name!r} is a {type(reward).__name__}, not a function; pass a callable "
+                        f"(prompts, completions, **kwargs) -> list[float]")
+    return reward
 
 
 def requires_answer(func: Callable) -> bool:

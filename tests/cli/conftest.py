@@ -2,8 +2,8 @@
 
 import pytest
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from manyminds.cli import app
-from manyminds.cli.train import _ensemble_table, grpo_history_table
+from manyminds.cli.grpo import grpo_history_table
+from manyminds.cli.renyi import ensemble_table
 
 runner = CliRunner()
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
@@ -58,6 +59,6 @@ def test_tables_are_readable_at_80_columns():
     assert max(len(line) for line in text.splitlines()) <= 80
     logs = [{"loss": 1.0, "effective_members": 3.9, **{f"member_{k}/{m}": 0.5 for k in range(8)
                                                        for m in ("nll", "responsibility", "route_share")}}]
-    text = _render(_ensemble_table("alpha-Renyi SFT: K=8, alpha=0.8", logs, 8))
+    text = _render(ensemble_table("alpha-Renyi SFT: K=8, alpha=0.8", logs, 8))
     assert "…" not in text and "effective members" in text and "share" in text
     assert max(len(line) for line in text.splitlines()) <= 80

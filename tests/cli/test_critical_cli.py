@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.cli import app
 from manyminds.ensemble import EnsembleLoRA
-from manyminds.models import random_model
 from manyminds.tasks import load_task
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 
 runner = CliRunner()
 # damping large enough for V + damping to be positive definite at untrained adapters of a random model

@@ -1,6 +1,6 @@
 """Argument errors of ``manyminds sft|dpo|grpo`` come before transformers / TRL / torch are imported.
 
-The fast check (:mod:`manyminds.cli.fields`) works from a committed list of each command's fields and
+The fast check (:mod:`manyminds.cli.fast_check`) works from a committed list of each command's fields and
 option strings; the first tests rebuild that list from the real ``TrlParser`` and compare, so a
 stale list fails here. The others run the ``manyminds`` entry point in a fresh interpreter and assert
 that it printed one ``error:`` line, exited with 2, and never imported torch (not on wall-clock time).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from manyminds.cli import _fields, fields
+from manyminds.cli import _fields, fast_check, fields
 from manyminds.cli.common import CLIError
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
@@ -31,13 +31,13 @@ def test_committed_list_matches_the_config_dataclasses():
         "src/manyminds/cli/_fields.py is stale; run `python -m manyminds.cli.fields --write`"
 
 
-@pytest.mark.parametrize("command", fields.COMMANDS)
+@pytest.mark.parametrize("command", fast_check.COMMANDS)
 def test_option_strings_are_exactly_the_parsers(command):
-    from manyminds.cli.train import make_parser
+    from manyminds.cli.train_args import make_parser
 
     parser = make_parser(command)
     real = {option: a.dest for a in parser._actions if a.dest != "help" for option in a.option_strings}
-    assert fields.option_fields(command) == real
+    assert fast_check.option_fields(command) == real
 
 
 @pytest.mark.parametrize("argv", [
@@ -47,7 +47,7 @@ def test_option_strings_are_exactly_the_parsers(command):
 ])
 def test_fast_check_accepts_exactly_what_the_parser_accepts(argv):
     """Abbreviations are accepted when unique, refused when ambiguous or unknown, as argparse does."""
-    from manyminds.cli.train import make_parser
+    from manyminds.cli.train_args import make_parser
 
     parser = make_parser("sft")
     try:
@@ -56,7 +56,7 @@ def test_fast_check_accepts_exactly_what_the_parser_accepts(argv):
     except CLIError:  # make_parser's error(): an ambiguous abbreviation
         parser_ok = False
     try:
-        fields.check_arguments("sft", argv)
+        fast_check.check_arguments("sft", argv)
         fast_ok = True
     except CLIError:
         fast_ok = False
@@ -64,17 +64,17 @@ def test_fast_check_accepts_exactly_what_the_parser_accepts(argv):
 
 
 def test_task_is_checked_only_without_data(tmp_path):
-    fields.check_arguments("sft", ["--task", "conflcit", "--data", "rows.jsonl"])  # --data wins
-    fields.check_arguments("sft", ["--task=prefs"])
+    fast_check.check_arguments("sft", ["--task", "conflcit", "--data", "rows.jsonl"])  # --data wins
+    fast_check.check_arguments("sft", ["--task=prefs"])
     config = tmp_path / "run.yaml"
     config.write_text("task: arith\n")
-    fields.check_arguments("sft", ["--task", "conflict"], str(config))  # the command line overrides
+    fast_check.check_arguments("sft", ["--task", "conflict"], str(config))  # the command line overrides
     with pytest.raises(CLIError, match="unknown task 'conflcit'"):
-        fields.check_arguments("sft", ["--task", "conflcit"], str(config))
+        fast_check.check_arguments("sft", ["--task", "conflcit"], str(config))
     config.write_text("task: arth\n")
     with pytest.raises(CLIError, match=r"unknown task 'arth' \(did you mean arith\?\)"):
-        fields.check_arguments("grpo", [], str(config))
-    fields.check_arguments("grpo", ["--task", "arith"], str(config))
+        fast_check.check_arguments("grpo", [], str(config))
+    fast_check.check_arguments("grpo", ["--task", "arith"], str(config))
 
 
 # -------------------------------------------------------------------------- the real command
@@ -113,7 +113,7 @@ def _yaml(tmp_path: Path, text: str) -> str:
     (["dpo", "--num-memebrs", "2"], "unknown option --num-memebrs (did you mean --num-members"),
     (["grpo", "--mod", "x"], "ambiguous option: --mod could match --model,"),
     (["sft", "--task", "conflcit"], ("unknown task 'conflcit' (did you mean conflict?); valid tasks: arith, "
-                                     "conflict, prefs, mental, or pass a dataset file with --data")),
+                                     "conflict, prefs, mental")),
     (["dpo", "--config", "missing.yaml"], "config file missing.yaml does not exist; pass an existing YAML file"),
     (["grpo", "--config", "YAML:mind_sigma: 0.02\n\nlerning_rate: 0.1\n"],
      ("run.yaml: unknown option 'lerning_rate' (did you mean learning_rate, logging_strategy?) on line 3; "

@@ -6,6 +6,7 @@ Tiny random models saved in-process: every run is a step or two on CPU.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,10 @@ from typer.testing import CliRunner
 
 from manyminds.cli import app
 from manyminds.cli.common import CLIError
-from manyminds.cli.train import check_output_dir, load_reward, parse
+from manyminds.cli.grpo import reward_functions
+from manyminds.cli.run_dir import check_output_dir
+from manyminds.cli.train_args import parse
+from manyminds.rewards import answer_reward
 from manyminds.training.common import RUN_ID_FILE, read_run_id, write_run_id
 
 runner = CliRunner()
@@ -102,11 +106,11 @@ def test_grpo_checkpoints_carry_the_run_id(model_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------ code as code
 def test_dotted_reward_is_announced_and_must_be_callable(capsys):
-    with pytest.raises(CLIError, match="'math.pi' is a float, not a function"):
-        load_reward("math.pi")
-    assert load_reward("os.path.join") is not None
+    with pytest.raises(TypeError, match="'math.pi' is a float, not a function"):
+        reward_functions(["math.pi"])
+    assert reward_functions(["os.path.join"]) == [os.path.join]
     assert "importing reward os.path.join" in " ".join(capsys.readouterr().err.split())
-    assert load_reward("answer") is not None and "importing" not in capsys.readouterr().err  # registry name
+    assert reward_functions(["answer"]) == [answer_reward] and "importing" not in capsys.readouterr().err
 
 
 def test_grpo_cli_refuses_a_non_callable_reward(model_dir, tmp_path):

@@ -134,6 +134,18 @@ def test_help_lists_the_dataclass_fields():
     assert result.exit_code == 0 and "--num_members" in result.output and "--alpha" in result.output
 
 
+@pytest.mark.parametrize("command", ["sft", "dpo", "grpo"])
+def test_trust_remote_code_is_a_field_of_the_trainer_config(command):
+    """One option, in one place for every command: the trainer's config, as in TRL's configs."""
+    from manyminds.cli.train_args import make_parser, parse
+
+    owners = [a for a in make_parser(command)._actions if "--trust_remote_code" in a.option_strings]
+    assert len(owners) == 1
+    *script_args, config = parse(command, ["--trust_remote_code", "true", "--output_dir", "unused"])
+    assert config.trust_remote_code is True
+    assert not any(hasattr(args, "trust_remote_code") for args in script_args)
+
+
 def _yaml(tmp_path, text: str) -> str:
     path = tmp_path / "run.yaml"
     path.write_text(text)

@@ -18,6 +18,7 @@ from manyminds.population.calibrate import (
     answer_diversity,
     build_calibration_data,
     calibrate_sigma,
+    calibrated_population,
     mean_token_kl,
     token_kl,
 )
@@ -82,7 +83,7 @@ def test_mean_token_kl_matches_direct_computation(tiny_arith):
     pop = Population(model, sigma=0.0, seed=3)
     assert mean_token_kl(pop, data, 0.0, [0, 1]) == 0.0
     got = mean_token_kl(pop, data, 0.2, [0, 1])
-    assert pop.sigmas == [0.0] * pop.num_layers  # restored
+    assert pop.sigmas == [0.0] * pop.num_layers  # unchanged: the minds were those of pop.with_sigma(0.2)
     # independent path: a population built at sigma 0.2, full logits in float64, loop over scored tokens
     ref_pop = Population(model, sigma=0.2, seed=3)
     with torch.no_grad():
@@ -127,20 +128,41 @@ def test_unreachable_target_warns_or_raises(tiny_arith):
         calibrate_sigma(model, tok, dict(config, strict=True))
 
 
-def test_population_sigma_calibrated(tiny_arith):
+def test_calibrated_population(tiny_arith):
     model, tok = tiny_arith
     with pytest.raises(ValueError, match="tokenizer"):
-        Population(model, sigma="calibrated")
+        calibrated_population(model)
     with pytest.raises(ValueError, match="target_kl"):
-        Population(model, sigma="calibrated", tokenizer=tok, calibration={"target_kl": -1})
-    pop = Population(model, sigma="calibrated", tokenizer=tok, sigma_scale="weight",
-                     calibration=dict(FAST, target_kl=0.05, curve_factors=()))
-    base = pop.calibration.sigma
-    assert pop.base_sigma == base and pop.sigmas == pytest.approx([base * f for f in pop._factors])
+        calibrated_population(model, tok, {"target_kl": -1})
+    with pytest.raises(TypeError, match="chooses sigma itself"):
+        calibrated_population(model, tok, sigma=0.1)
+    with pytest.raises(TypeError, match="calibrated_population"):
+        Population(model, sigma="calibrated")  # the old spelling names the new one
+    config = dict(FAST, target_kl=0.05, curve_factors=())
+    pop, result = calibrated_population(model, tok, config, sigma_scale="weight")
+    base = result.sigma
+    weight = Population(model, sigma=base, sigma_scale="weight")  # the same sigma, resolved independently
+    assert pop.base_sigma == base and pop.sigmas == weight.sigmas and pop.tokenizer is tok
+    assert len(set(pop.sigmas)) > 1  # per-layer scaling applied, not one absolute sigma
     spec = pop.spec(0)
     assert spec.sigma == tuple(pop.sigmas) and spec.base_sigma == base and spec.sigma_scale == "weight"
-    same = Population.calibrate(model, tok, dict(FAST, target_kl=0.05, curve_factors=()), sigma_scale="weight")
-    assert same.sigmas == pop.sigmas  # deterministic
+    start = Population(model, sigma=0.3, sigma_scale="weight", tokenizer=tok)
+    same, again = calibrated_population(start, config=config)
+    assert same.sigmas == pop.sigmas and again.sigma == base  # deterministic; a population's settings are used
+    assert start.base_sigma == 0.3  # the population passed in is not changed
+
+
+def test_with_sigma_is_a_new_population_with_the_same_noise(tiny_arith):
+    model, _ = tiny_arith
+    pop = Population(model, sigma=0.1, seed=3, sigma_scale="weight")
+    other = pop.with_sigma(0.05)
+    fresh = Population(model, sigma=0.05, seed=3, sigma_scale="weight")
+    assert pop.base_sigma == 0.1 and other.base_sigma == 0.05 and other.sigmas == fresh.sigmas
+    for layer in range(pop.num_layers):
+        assert torch.equal(other.offsets(1, layer), fresh.offsets(1, layer))
+        assert torch.allclose(other.offsets(1, layer) * 2, pop.offsets(1, layer), rtol=1e-5, atol=0)
+    rebuilt = Population.from_spec(model, pop.spec(0)).with_sigma(0.05)  # from_spec keeps the per-layer scaling
+    assert rebuilt.sigmas == pytest.approx(fresh.sigmas, rel=1e-12)
 
 
 def test_is_degenerate():

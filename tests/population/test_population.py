@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from manyminds.models import random_model
-from manyminds.population import Population, find_norm_layers, mind_noise_table, standard_noise
+from manyminds.population import Population, find_norm_layers
+from manyminds.population.noise import mind_noise_table, standard_noise
+from manyminds.zoo.models import random_model
 
 
 def _logits(model, ids, **kw):

@@ -1,4 +1,4 @@
-"""The ``manyminds`` command. Each area registers its commands from its own module.
+"""The ``manyminds`` command. Each command (or command group) registers itself from its own module.
 
 Importing this package is cheap (typer and rich): torch, transformers, TRL, PEFT and datasets are
 imported inside the commands, so ``manyminds --help`` and argument errors answer at once.
@@ -9,12 +9,26 @@ Errors: a command's exception ends in one line ``error: <message>`` on stderr an
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
+from manyminds.cli import (
+    calibrate,
+    critical,
+    demo,
+    dpo,
+    generate,
+    grpo,
+    sft,
+    tasks,
+    uncertainty,
+    vllm_serve,
+    zoo,
+)
+from manyminds.cli import (
+    eval as eval_,  # the `eval` command; the alias keeps the builtin's name free
+)
 from manyminds.cli.common import STATE, CLIError, one_line, print_error, setup_quiet
 
 # exceptions that mean "the input is wrong" (exit 2, like a usage error); anything else exits 1
@@ -57,18 +71,9 @@ def _options(
     setup_quiet(verbose)
 
 
-# Each module defines ``register(app)``; a module is added here once it exists.
-_AREAS = ["manyminds.cli.foundation", "manyminds.cli.train", "manyminds.cli.critical",
-          "manyminds.cli.evaluate", "manyminds.cli.calibrate", "manyminds.cli.vllm_serve"]
-
-for _name in _AREAS:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as err:
-        if err.name != _name:
-            raise
-        continue
-    _mod.register(app)
+# Each module defines ``register(app)``; this order is the order of ``manyminds --help``.
+for _command in (sft, dpo, grpo, critical, generate, demo, eval_, uncertainty, calibrate, vllm_serve, tasks, zoo):
+    _command.register(app)
 
 
 def main() -> None:

@@ -12,15 +12,21 @@ from typing import Annotated
 
 import typer
 
-from manyminds.cli.common import RUNS_DIR, CLIError, console, err_console, make_table, one_line
-
-_MODEL_HELP = "zoo name (default: the embedded default model), local model folder or hub id"
+from manyminds.cli.common import (
+    MODEL_HELP,
+    RUNS_DIR,
+    CLIError,
+    console,
+    err_console,
+    load_model,
+    make_table,
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate(
-        model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
+        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
         target_kl: Annotated[float | None, typer.Option(
             "--target-kl", help="target mean per-token KL(plain || mind) in nats (default: the library's)")] = None,
         prompt: Annotated[list[str] | None, typer.Option(
@@ -47,10 +53,9 @@ def register(app: typer.Typer) -> None:
         import json
         import warnings
 
-        from manyminds.cli.evaluate import load_model
-        from manyminds.population import Population
-        from manyminds.population.calibrate import (
+        from manyminds.population import (
             CalibrationConfig,
+            Population,
             calibrate_sigma,
             plot_calibration,
         )
@@ -64,16 +69,9 @@ def register(app: typer.Typer) -> None:
                     "curve_factors": factors or (1.0,)}
         if target_kl is not None:
             settings["target_kl"] = target_kl
-        try:
-            config = CalibrationConfig(**settings)
-        except ValueError as err:
-            raise CLIError(one_line(err)) from None
+        config = CalibrationConfig(**settings)
         lm, tok = load_model(model)
-        try:
-            pop = Population(lm, sigma=0.0, seed=seed, norms=norms, noise=noise, sigma_scale=sigma_scale,
-                             tokenizer=tok)
-        except ValueError as err:
-            raise CLIError(one_line(err)) from None
+        pop = Population(lm, sigma=0.0, seed=seed, norms=norms, noise=noise, sigma_scale=sigma_scale, tokenizer=tok)
         with warnings.catch_warnings(record=True) as caught, err_console().status("calibrating sigma..."):
             warnings.simplefilter("always")
             result = calibrate_sigma(pop, config=config)

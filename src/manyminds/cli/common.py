@@ -23,6 +23,7 @@ from rich.table import Table
 
 RUN_FILE = "manyminds_ensemble.json"  # what `manyminds sft/dpo` record for `manyminds uncertainty`
 RUNS_DIR = "runs"  # every command's default output folder is runs/<command> (ignored by .gitignore)
+MODEL_HELP = "zoo name (default: the embedded default model), local model folder or hub id"
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _HEAVY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "huggingface_hub")
 
@@ -30,8 +31,28 @@ _HEAVY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "torc
 class _State:
     verbose = False
 
+    def __init__(self):
+        self.shown_warnings: set[str] = set()  # user-facing warning lines printed by this command
+
 
 STATE = _State()
+
+# manyminds' warnings written for users (manyminds.population): shown as one line, also when quiet
+USER_WARNINGS = ("MindCollapseWarning", "CalibrationWarning")
+
+
+class _ByName(type):
+    """``issubclass(C, UserFacingWarning)`` holds for manyminds' classes named in ``USER_WARNINGS``, so a
+    warnings filter matches them without importing :mod:`manyminds.population` (torch) here."""
+
+    def __subclasscheck__(cls, sub) -> bool:
+        return (isinstance(sub, type) and sub.__name__ in USER_WARNINGS
+                and getattr(sub, "__module__", "").startswith("manyminds."))
+
+
+class UserFacingWarning(UserWarning, metaclass=_ByName):
+    """Filter category standing for :class:`~manyminds.population.MindCollapseWarning` and
+    :class:`~manyminds.population.CalibrationWarning` (never raised itself)."""
 
 
 def console() -> Console:
@@ -51,6 +72,11 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def notice(text: str) -> None:
+    """One plain line on stderr (no rich markup: paths and dotted names print as they are)."""
+    err_console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_error(message: str) -> None:
@@ -93,6 +119,7 @@ def setup_quiet(verbose: bool) -> None:
     STATE.verbose = verbose
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if verbose:
+        show_user_warnings()
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
@@ -103,6 +130,30 @@ def setup_quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in _HEAVY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    show_user_warnings()  # after the "ignore" filters, so that it is checked first
+
+
+def show_user_warnings() -> None:
+    """Print each distinct MindCollapseWarning / CalibrationWarning as one line ``warning: <message>``
+    on stderr (other warnings go to the previous ``warnings.showwarning``, or stay filtered)."""
+    STATE.shown_warnings = set()
+    warnings.filterwarnings("always", category=UserFacingWarning)
+    if warnings.showwarning is not _show_warning:
+        _show_warning.previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if not issubclass(category, UserFacingWarning):
+        return _show_warning.previous(message, category, filename, lineno, file, line)
+    text = " ".join(str(message).split())
+    if text not in STATE.shown_warnings:
+        STATE.shown_warnings.add(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+    return None
+
+
+_show_warning.previous = warnings.showwarning
 
 
 def quiet_loaded_libraries() -> None:
@@ -215,10 +266,9 @@ def _corrupt_weight_file(folder: Path) -> tuple[Path, Exception] | None:
 
 def load_model(name_or_path: str | None, dtype: str | None = None, trust_remote_code: bool = False):
     """``(model, tokenizer)`` from a zoo name (default: the zoo's default model), a local folder or a
-    hub id, with one-line errors that name the file: a missing folder, a corrupt ``model.safetensors``,
-    an unreachable hub."""
-    import manyminds
-    from manyminds.zoo import DEFAULT_MODEL
+    hub id, behind a status line, with one-line errors that name the file: a missing folder, a
+    corrupt ``model.safetensors``, an unreachable hub."""
+    from manyminds.zoo import DEFAULT_MODEL, ZOO, is_built, load
 
     name = name_or_path or DEFAULT_MODEL
     check_model_source(name)
@@ -229,8 +279,10 @@ def load_model(name_or_path: str | None, dtype: str | None = None, trust_remote_
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise CLIError(f"dtype {dtype!r} is not a torch dtype; use auto, float32, bfloat16 or float16")
+    note = " (built on first use, a few minutes)" if name in ZOO and not is_built(name) else ""
     try:
-        model, tokenizer = manyminds.load(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        with err_console().status(f"loading {name}{note}"):
+            model, tokenizer = load(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except Exception as err:
         folder = Path(name).expanduser()
         bad = _corrupt_weight_file(folder) if folder.is_dir() else None
@@ -282,13 +334,12 @@ def load_rows(task: str | None, data: str | None, split: str, n: int | None, see
         if kind is None:
             raise CLIError(f"{data}: unsupported dataset file type {path.suffix or '(none)'!r}; use .jsonl, .json, "
                            f".csv or .parquet, or a datasets folder")
-        if path.suffix.lower() == ".jsonl":  # a huge row is refused here, with its line, before any parsing
-            from manyminds.rows import check_jsonl_sizes
+        from manyminds.row_sizes import check_file_sizes
 
-            try:
-                check_jsonl_sizes(path)
-            except ValueError as err:
-                raise CLIError(str(err)) from err
+        try:  # a huge row is refused here, with its line or row, before the loader parses the file
+            check_file_sizes(path)
+        except ValueError as err:
+            raise CLIError(str(err)) from err
         logger = logging.getLogger("datasets")
         level = logger.level
         if not STATE.verbose:  # datasets logs the parse error itself before raising; we say it once below
@@ -310,14 +361,9 @@ def load_rows(task: str | None, data: str | None, split: str, n: int | None, see
 def rich_progress_callback(fields: Sequence[str] = ("loss",)):
     """A transformers ``TrainerCallback`` that draws one rich progress bar with the latest logged
     values of ``fields`` (e.g. ``("reward", "loss")``), on stderr."""
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from transformers import TrainerCallback
+
+    from manyminds.progress import progress_bar
 
     # built lazily so that `manyminds --help` does not import transformers
 
@@ -329,10 +375,8 @@ def rich_progress_callback(fields: Sequence[str] = ("loss",)):
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
-            self.progress = Progress(TextColumn("[bold]training"), BarColumn(),
-                                     TextColumn("{task.completed}/{task.total}"),
-                                     TextColumn("{task.fields[values]}"), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), console=err_console(), transient=False)
+            self.progress = progress_bar("{task.fields[values]}", description="[bold]training", remaining=True,
+                                         console=err_console())
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
                                                values="")
@@ -365,8 +409,3 @@ def use_rich_progress(trainer, fields: Sequence[str] = ("loss",)) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(rich_progress_callback(fields))
-
-
-def default_output_dir(command: str) -> str:
-    """``runs/<command>``: the one default output location of every command."""
-    return os.path.join(RUNS_DIR, command)

@@ -19,9 +19,7 @@ from typing import Annotated
 import typer
 
 from manyminds.cli import common
-from manyminds.cli.common import CLIError, console, err_console
-
-_MODEL_HELP = "zoo name (default: the embedded default model), local model folder or hub id"
+from manyminds.cli.common import MODEL_HELP, CLIError, console, err_console
 
 
 def load_adapter(model, path: str, member: int | None):
@@ -74,7 +72,7 @@ def result_table(res, alpha: float | None, seconds: float):
 def register(app: typer.Typer) -> None:
     @app.command("critical-alpha")
     def critical_alpha_command(
-        model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
+        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
         task: Annotated[str, typer.Option("--task", help="bundled task (ignored with --data)")] = "conflict",
         data: Annotated[str | None, typer.Option(
             "--data", help="local SFT dataset (.jsonl/.json/.csv/.parquet or a datasets folder)")] = None,

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from manyminds.cli.common import CLIError, one_line
 from manyminds.vllm.serve import MindServerConfig
 
 _help = MindServerConfig.help
@@ -42,12 +41,9 @@ def register(app: typer.Typer) -> None:
         vllm_server_host=..., vllm_server_port=...) at it."""
         from manyminds.vllm.serve import serve
 
-        try:
-            config = MindServerConfig(model=model, host=host, port=port, tensor_parallel_size=tensor_parallel_size,
-                                      dtype=dtype, max_model_len=max_model_len,
-                                      gpu_memory_utilization=gpu_memory_utilization,
-                                      include_qk_norms=include_qk_norms, enable_prefix_caching=enable_prefix_caching,
-                                      enforce_eager=enforce_eager, vllm_args=list(ctx.args))
-        except ValueError as err:
-            raise CLIError(one_line(err)) from None
+        config = MindServerConfig(model=model, host=host, port=port, tensor_parallel_size=tensor_parallel_size,
+                                  dtype=dtype, max_model_len=max_model_len,
+                                  gpu_memory_utilization=gpu_memory_utilization,
+                                  include_qk_norms=include_qk_norms, enable_prefix_caching=enable_prefix_caching,
+                                  enforce_eager=enforce_eager, vllm_args=list(ctx.args))
         serve(config)

@@ -32,8 +32,11 @@ An unreachable target (even ``sigma_max`` stays below it, or ``sigma_min`` alrea
 warns with :class:`CalibrationWarning`, naming the best sigma found, which the result then holds
 (``result.reached`` is ``False``); ``strict=True`` raises ``ValueError`` instead.
 
+A calibrated population is built from outside :class:`~manyminds.population.Population`:
+:func:`calibrated_population` calibrates, then returns ``population.with_sigma(result.sigma)``.
+
 Example:
-    >>> pop = Population(model, sigma="calibrated", tokenizer=tok)            # default target
+    >>> pop, result = calibrated_population(model, tok)                      # default target
     >>> result = calibrate_sigma(model, tok, CalibrationConfig(target_kl=0.05))
     >>> result.sigma, result.table()
 """
@@ -43,159 +46,28 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manyminds.rows import has_chat_template, pad_left, tokenize_prompts, user_message
+from manyminds.rows import has_chat_template, pad_id_of, pad_left, tokenize_prompts, user_message
 
+from .calibration_config import (
+    CalibrationConfig,
+    CalibrationData,
+    CalibrationPoint,
+    CalibrationResult,
+    CalibrationWarning,
+    plot_calibration,
+)
 from .collapse import is_degenerate
 from .norms import unwrap_model
+from .population import Population
 
 __all__ = ["CalibrationConfig", "CalibrationData", "CalibrationPoint", "CalibrationResult", "CalibrationWarning",
-           "answer_diversity", "answer_stats", "build_calibration_data", "calibrate_sigma", "mean_token_kl",
-           "plot_calibration", "token_kl"]
-
-DEFAULT_TARGET_KL = 0.05
-
-
-class CalibrationWarning(UserWarning):
-    """The calibration target could not be reached in the sigma range; the best sigma found is used."""
-
-
-@dataclass
-class CalibrationConfig:
-    """Settings of :func:`calibrate_sigma` (and of ``Population(model, sigma="calibrated")``)."""
-
-    target_kl: float = field(default=DEFAULT_TARGET_KL, metadata={
-        "help": "target mean per-token KL(plain || mind) in nats on the calibration text"})
-    minds: int = field(default=4, metadata={"help": "minds (ids 0 .. minds-1) averaged in KL and compared for diversity"})
-    prompts: Sequence[str] | None = field(default=None, metadata={
-        "help": "prompts whose sampled continuations are the calibration text (default: continue BOS)"})
-    num_texts: int = field(default=8, metadata={"help": "calibration texts sampled when prompts is None "
-                                                        "(with prompts: one per prompt)"})
-    text_tokens: int = field(default=32, metadata={"help": "sampled tokens per calibration text (scored in KL)"})
-    prompt_tokens: int = field(default=8, metadata={
-        "help": "without prompts: the first tokens of each calibration text that the minds answer"})
-    answer_tokens: int = field(default=24, metadata={"help": "greedy answer length for diversity / coherence"})
-    sigma_min: float = field(default=1e-4, metadata={"help": "smallest sigma searched"})
-    sigma_max: float = field(default=1.0, metadata={"help": "largest sigma searched"})
-    sigma_start: float = field(default=0.02, metadata={"help": "first sigma tried (the paper's)"})
-    steps: int = field(default=12, metadata={"help": "most KL evaluations of the search"})
-    tolerance: float = field(default=0.05, metadata={"help": "stop when KL is within this relative error of the target"})
-    curve_factors: tuple[float, ...] = field(default=(0.25, 0.5, 1.0, 2.0, 4.0), metadata={
-        "help": "the curve's sigmas, as multiples of the calibrated sigma (empty: no curve)"})
-    coherence_margin: float = field(default=1.0, metadata={
-        "help": "a curve point is collapsed when its coherence is this many nats below the plain model's"})
-    seed: int = field(default=0, metadata={"help": "seed of the sampled calibration text (a forked RNG)"})
-    strict: bool = field(default=False, metadata={"help": "raise ValueError (not a warning) on an unreachable target"})
-
-    def __post_init__(self):
-        if not (self.target_kl > 0 and math.isfinite(self.target_kl)):
-            raise ValueError(f"target_kl must be a positive number of nats, got {self.target_kl}; e.g. 0.1")
-        for name in ("minds", "num_texts", "text_tokens", "prompt_tokens", "answer_tokens", "steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.minds < 2:
-            raise ValueError(f"minds must be >= 2 (diversity compares minds), got {self.minds}")
-        if not 0 < self.sigma_min < self.sigma_max < float("inf"):
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if not self.sigma_start > 0:
-            raise ValueError(f"sigma_start must be > 0, got {self.sigma_start}")
-        if not 0 < self.tolerance < 1:
-            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
-        self.curve_factors = tuple(float(f) for f in self.curve_factors)
-        if any(not f > 0 for f in self.curve_factors):
-            raise ValueError(f"curve_factors must be positive, got {self.curve_factors}")
-        if isinstance(self.prompts, str):
-            self.prompts = [self.prompts]
-        if self.prompts is not None:
-            self.prompts = list(self.prompts)
-            if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
-                raise ValueError("prompts must be a non-empty list of non-empty strings (or None to continue BOS)")
-
-
-@dataclass
-class CalibrationData:
-    """Token tensors of one calibration run (all on the model's device).
-
-    Attributes:
-        text_ids: calibration texts ``[N, T]`` (left-padded prompt + sampled continuation).
-        text_mask: attention mask ``[N, T]``.
-        scored: ``[N, T]`` bool, the sampled tokens (up to and including the first EOS) whose
-            next-token distributions enter the KL.
-        prompt_ids: the prompts the minds answer ``[N, P]`` (left-padded).
-        prompt_mask: ``[N, P]``.
-    """
-
-    text_ids: torch.Tensor
-    text_mask: torch.Tensor
-    scored: torch.Tensor
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-
-
-@dataclass
-class CalibrationPoint:
-    """One point of the sigma curve (``diversity``/``coherence``/``repetition`` are ``None`` for
-    points of the search that were not on the curve)."""
-
-    sigma: float
-    kl: float
-    diversity: float | None = None
-    coherence: float | None = None
-    repetition: float | None = None
-    collapsed: bool | None = None
-
-
-@dataclass
-class CalibrationResult:
-    """What :func:`calibrate_sigma` found.
-
-    Attributes:
-        sigma: the calibrated (base) sigma, under ``sigma_scale``.
-        kl: its mean per-token KL (nats).
-        target_kl: the target.
-        reached: whether ``kl`` is within the tolerance of the target.
-        sigma_scale, noise, norms: the population settings the sigma is for.
-        plain_coherence: mean token log-likelihood of the plain model's own greedy answers.
-        curve: points at ``curve_factors * sigma`` (and ``0``: the plain model), sorted by sigma.
-        search: every ``(sigma, kl)`` the search evaluated, in order.
-        message: why the target was not reached (empty when it was).
-    """
-
-    sigma: float
-    kl: float
-    target_kl: float
-    reached: bool
-    sigma_scale: str
-    noise: str
-    norms: str
-    plain_coherence: float | None
-    curve: list[CalibrationPoint]
-    search: list[tuple[float, float]]
-    message: str = ""
-
-    @property
-    def point(self) -> CalibrationPoint | None:
-        """The curve point at the calibrated sigma (``None`` without a curve)."""
-        return next((p for p in self.curve if p.sigma == self.sigma), None)
-
-    def to_dict(self) -> dict:
-        """A JSON-able dict."""
-        return asdict(self)
-
-    def table(self) -> list[dict]:
-        """The curve as rows ``{sigma, kl, diversity, coherence, repetition, collapsed, calibrated}``."""
-        return [{**asdict(p), "calibrated": p.sigma == self.sigma} for p in self.curve]
-
-
-# ----------------------------------------------------------------------------- math
-
+           "answer_diversity", "answer_stats", "build_calibration_data", "calibrate_sigma", "calibrated_population",
+           "mean_token_kl", "plot_calibration", "token_kl"]
 
 def token_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """``KL(p || q) = sum_v p_v (log p_v - log q_v)`` over the last dim: ``[..., V] -> [...]``.
@@ -257,14 +129,6 @@ def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
     return ids
 
 
-def _pad_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
 def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, as the generation path encodes them (:func:`manyminds.rows.tokenize_prompts`):
     a user turn of the chat template when the tokenizer has one, else the raw text."""
@@ -283,7 +147,7 @@ def build_calibration_data(model: nn.Module, tokenizer, config: CalibrationConfi
     RNG is left as it was.
     """
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    pad = pad_id_of(tokenizer)
     eos = _eos_ids(model, tokenizer)
     if config.prompts is not None:
         starts = _encode_prompts(tokenizer, config.prompts)
@@ -323,47 +187,38 @@ def _scored_logprobs(model: nn.Module, data: CalibrationData) -> torch.Tensor:
     return F.log_softmax(logits[data.scored[:, 1:]].float(), dim=-1)  # [K, V]
 
 
-def mean_token_kl(population, data: CalibrationData, sigma: float, minds: Sequence[int],
+def mean_token_kl(population: Population, data: CalibrationData, sigma: float, minds: Sequence[int],
                   plain_logprobs: torch.Tensor | None = None) -> float:
-    """Mean over ``minds`` and scored tokens of ``KL(plain || mind)`` at base sigma ``sigma``.
+    """Mean over ``minds`` and scored tokens of ``KL(plain || mind)`` at base sigma ``sigma``
+    (the minds of ``population.with_sigma(sigma)``; ``population`` is not changed).
 
-    ``plain_logprobs`` (``[K, V]``, from the plain model) is computed when not given. The
-    population's sigma is set to ``sigma`` and restored afterwards.
+    ``plain_logprobs`` (``[K, V]``, from the plain model) is computed when not given.
     """
     model = population.model
-    saved = list(population.sigmas), population.base_sigma
-    try:
-        with torch.no_grad():
-            if plain_logprobs is None:
-                plain_logprobs = _scored_logprobs(model, data)
-            population._set_sigma(float(sigma))
-            rows = data.text_ids.shape[0]
-            total = 0.0
-            for m in minds:
-                with population.minds([int(m)] * rows):
-                    total += float(token_kl(plain_logprobs, _scored_logprobs(model, data)).mean())
-    finally:
-        population.sigmas, population.base_sigma = saved
+    at_sigma = population.with_sigma(float(sigma))
+    with torch.no_grad():
+        if plain_logprobs is None:
+            plain_logprobs = _scored_logprobs(model, data)
+        rows = data.text_ids.shape[0]
+        total = 0.0
+        for m in minds:
+            with at_sigma.minds([int(m)] * rows):
+                total += float(token_kl(plain_logprobs, _scored_logprobs(model, data)).mean())
     return total / len(minds)
 
 
-def answer_stats(population, data: CalibrationData, sigma: float, minds: Sequence[int], answer_tokens: int,
-                 tokenizer, eos_ids: set[int], pad_id: int) -> tuple[float, float, float]:
-    """``(diversity, coherence, repetition)`` of the minds' greedy answers at base sigma ``sigma``
-    (see the module docstring); ``minds=[-1]`` measures the plain model."""
+def answer_stats(population: Population, data: CalibrationData, sigma: float, minds: Sequence[int],
+                 answer_tokens: int, tokenizer, eos_ids: set[int], pad_id: int) -> tuple[float, float, float]:
+    """``(diversity, coherence, repetition)`` of the greedy answers of the minds of
+    ``population.with_sigma(sigma)`` (see the module docstring); ``minds=[-1]`` measures the plain model."""
     model = population.model
     n = data.prompt_ids.shape[0]
     ids = [int(m) for _ in range(n) for m in minds]  # prompt-major rows: [N * M]
     prompt = data.prompt_ids.repeat_interleave(len(minds), dim=0)  # [N*M, P]
     mask = data.prompt_mask.repeat_interleave(len(minds), dim=0)
-    saved = list(population.sigmas), population.base_sigma
-    try:
-        population._set_sigma(float(sigma))
-        with torch.no_grad(), population.minds(ids):
-            out = model.generate(input_ids=prompt, attention_mask=mask, do_sample=False,
-                                 max_new_tokens=answer_tokens, pad_token_id=pad_id)
-    finally:
-        population.sigmas, population.base_sigma = saved
+    with torch.no_grad(), population.with_sigma(float(sigma)).minds(ids):
+        out = model.generate(input_ids=prompt, attention_mask=mask, do_sample=False,
+                             max_new_tokens=answer_tokens, pad_token_id=pad_id)
     new = out[:, prompt.shape[1]:]  # [N*M, L]
     keep = _until_eos(new, eos_ids)  # [N*M, L]
     with torch.no_grad():  # coherence: the plain model scores the answers
@@ -435,8 +290,8 @@ def _search(kl_at, target: float, config: CalibrationConfig) -> tuple[float, flo
                                      "steps or tolerance)")
 
 
-def calibrate_sigma(model_or_population, tokenizer=None, config: CalibrationConfig | dict | None = None,
-                    **population_kwargs) -> CalibrationResult:
+def calibrate_sigma(model_or_population: nn.Module | Population, tokenizer=None,
+                    config: CalibrationConfig | dict | None = None, **population_kwargs) -> CalibrationResult:
     """Pick the sigma whose minds move the next-token distributions by ``config.target_kl`` nats.
 
     Args:
@@ -452,8 +307,6 @@ def calibrate_sigma(model_or_population, tokenizer=None, config: CalibrationConf
     Raises:
         ValueError: bad settings, no tokenizer, or an unreachable target with ``strict=True``.
     """
-    from .population import Population
-
     if isinstance(model_or_population, Population):
         if population_kwargs:
             raise TypeError("pass population settings to Population(...), not to calibrate_sigma, when "
@@ -485,7 +338,7 @@ def calibrate_sigma(model_or_population, tokenizer=None, config: CalibrationConf
         curve: list[CalibrationPoint] = []
         plain_coherence = None
         if config.curve_factors:
-            eos, pad = _eos_ids(model, tokenizer), _pad_id(tokenizer)
+            eos, pad = _eos_ids(model, tokenizer), pad_id_of(tokenizer)
             _, plain_coherence, plain_rep = answer_stats(pop, data, 0.0, [-1], config.answer_tokens, tokenizer,
                                                          eos, pad)
             curve.append(CalibrationPoint(0.0, 0.0, 0.0, plain_coherence, plain_rep, False))
@@ -513,49 +366,43 @@ def calibrate_sigma(model_or_population, tokenizer=None, config: CalibrationConf
     return result
 
 
+def calibrated_population(model_or_population: nn.Module | Population, tokenizer=None,
+                          config: CalibrationConfig | dict | None = None,
+                          **population_kwargs) -> tuple[Population, CalibrationResult]:
+    """A population whose sigma is calibrated on its model: :func:`calibrate_sigma`, then
+    ``population.with_sigma(result.sigma)``.
+
+    Args:
+        model_or_population: a model (``population_kwargs`` build the population, e.g.
+            ``seed=1, sigma_scale="weight"``) or a :class:`~manyminds.population.Population`
+            (its settings are used; it is not changed).
+        tokenizer: the model's tokenizer (default: the population's); the result keeps it.
+        config: :class:`CalibrationConfig` or a dict of its fields. Without ``curve_factors``
+            (``None``, or a dict without that key) only the calibrated point of the curve is
+            measured (the collapse check); pass ``curve_factors`` for the whole curve.
+
+    Returns:
+        ``(population, result)``: the calibrated population (``population.base_sigma ==
+        result.sigma``) and the :class:`CalibrationResult`.
+
+    Raises:
+        TypeError: ``sigma`` among ``population_kwargs`` (calibration chooses it).
+        ValueError: as :func:`calibrate_sigma`.
+    """
+    if "sigma" in population_kwargs:
+        raise TypeError("calibrated_population chooses sigma itself; pass config={'target_kl': ...} instead of sigma")
+    if config is None or isinstance(config, dict) and "curve_factors" not in config:
+        config = {**(config or {}), "curve_factors": (1.0,)}
+    if not isinstance(model_or_population, Population):
+        model_or_population = Population(model_or_population, sigma=0.0, tokenizer=tokenizer, **population_kwargs)
+    elif population_kwargs:
+        raise TypeError("pass population settings to Population(...), not to calibrated_population, when "
+                        "calibrating a population")
+    result = calibrate_sigma(model_or_population, tokenizer=tokenizer, config=config)
+    population = model_or_population.with_sigma(result.sigma)
+    if tokenizer is not None:
+        population.tokenizer = tokenizer
+    return population, result
+
+
 # ----------------------------------------------------------------------------- plot
-
-
-def plot_calibration(result: CalibrationResult, path: str | Path, title: str | None = None) -> Path:
-    """Save the curve as a PNG: (left) KL and diversity vs sigma, (right) diversity vs coherence,
-    with the plain model's coherence and the calibrated sigma marked."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [p for p in result.curve if p.sigma > 0]
-    if not points:
-        raise ValueError("the result has no curve to plot; calibrate with curve_factors")
-    sigmas = [p.sigma for p in points]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(sigmas, [p.kl for p in points], "o-", color="tab:blue", label="KL(plain || mind)")
-    ax1.axhline(result.target_kl, color="tab:blue", ls=":", lw=1, label="target KL")
-    ax1.axvline(result.sigma, color="grey", ls="--", lw=1)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax1.set_xlabel(f"sigma ({result.sigma_scale})")
-    ax1.set_ylabel("mean per-token KL (nats)", color="tab:blue")
-    twin = ax1.twinx()
-    twin.plot(sigmas, [p.diversity for p in points], "s-", color="tab:orange", label="diversity")
-    twin.set_ylabel("diversity (pairwise bigram Jaccard distance)", color="tab:orange")
-    twin.set_ylim(0, 1)
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.plot([p.coherence for p in points], [p.diversity for p in points], "o-", color="tab:green")
-    for p in points:
-        ax2.annotate(f"{p.sigma:.3g}" + (" (calibrated)" if p.sigma == result.sigma else "")
-                     + (" collapsed" if p.collapsed else ""), (p.coherence, p.diversity), fontsize=7)
-    if result.plain_coherence is not None:
-        ax2.axvline(result.plain_coherence, color="grey", ls="--", lw=1, label="plain greedy")
-        ax2.legend(loc="best", fontsize=8)
-    ax2.set_xlabel("coherence (mean token log-lik. under the plain model)")
-    ax2.set_ylabel("diversity")
-    fig.suptitle(title or f"sigma calibration (target KL {result.target_kl:g}, {result.noise}, {result.norms})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

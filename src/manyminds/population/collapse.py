@@ -81,6 +81,6 @@ def warn_if_collapsed(texts: Sequence[str], minds: Sequence[int], share: float =
         text, mind = bad[0]
         warnings.warn(f"{len(bad)} of {len(mind_rows)} minds' answers are degenerate repetition (e.g. mind {mind}: "
                       f"{text[:40]!r}); sigma is likely too large for this model: lower it, use "
-                      "sigma_scale='weight', or Population(model, sigma='calibrated')",
+                      "sigma_scale='weight', or calibrated_population(model, tokenizer)",
                       MindCollapseWarning, stacklevel=3)
     return frac

@@ -35,12 +35,15 @@ from manyminds.rows import (
 )
 
 from .collapse import warn_if_collapsed
+from .decisions import best_of_minds, population_vote, select_minds
 from .noise import NOISE_KINDS, apply_noise, check_sigma, mind_noise_table, standard_noise
 from .norms import NormLayer, find_norm_layers, hidden_size_of, unwrap_model
 from .scale import layer_scales
 from .spec import MindSpec
 
 __all__ = ["Population"]
+
+CACHE_BYTES = 64 * 2**20  # default memory for cached noise vectors
 
 # Norm modules currently hooked by some minds() context (guards against double perturbation).
 _ACTIVE_MODULES: weakref.WeakSet = weakref.WeakSet()
@@ -73,16 +76,31 @@ class _ActiveMinds:
         return z
 
 
+def resolve_sigmas(sigma: float | Sequence[float], factors: Sequence[float]) -> tuple[list[float], float | None]:
+    """Per-layer sigmas ``sigma_l = value_l * factor_l`` and the base sigma.
+
+    Args:
+        sigma: a float >= 0 (every layer's value) or one value per layer.
+        factors: per-layer factors ``[L]`` of the population's ``sigma_scale``
+            (:func:`~manyminds.population.scale.layer_scales`; all 1 for ``"absolute"``).
+
+    Returns:
+        ``(sigmas [L], base_sigma)``: ``base_sigma`` is the scalar for scalar input, else ``None``.
+    """
+    values = check_sigma(sigma, len(factors))
+    scalar = isinstance(sigma, (int, float)) or (isinstance(sigma, torch.Tensor) and sigma.dim() == 0)
+    return [v * f for v, f in zip(values, factors)], (float(values[0]) if scalar else None)
+
+
 class Population:
     """A population of minds over one causal LM (B-Trans, arXiv 2512.25063).
 
     Args:
         model: any transformers causal LM, also wrapped (``PeftModel``, DDP, ``torch.compile``).
             Its weights are neither copied nor changed; hooks exist only inside :meth:`minds`.
-        sigma: noise scale, a float >= 0 (the paper: 0.02), one value per perturbed layer, or
-            ``"calibrated"``: chosen by :func:`~manyminds.population.calibrate.calibrate_sigma` so
-            that the mean per-token KL(plain || mind) hits ``calibration.target_kl`` (needs a
-            tokenizer; the result is kept in :attr:`calibration`).
+        sigma: noise scale, a float >= 0 (the paper: 0.02) or one value per perturbed layer. To
+            choose it from a target KL(plain || mind) instead, build the population with
+            :func:`~manyminds.population.calibrate.calibrated_population`.
         sigma_scale: what ``sigma`` is measured against (:mod:`~manyminds.population.scale`):
             ``"absolute"`` (the paper: ``z_l = sigma * eps``) or ``"weight"``
             (``z_l = sigma * rms(g_l) * eps``, ``g_l`` the norm's gain), so one sigma means a
@@ -94,67 +112,70 @@ class Population:
         include_qk_norms: also perturb per-head query/key norms (Qwen3); off by default.
         tokenizer: default tokenizer for :meth:`generate`.
         cache_bytes: memory for caching drawn noise vectors (0 disables the cache).
-        calibration: settings of ``sigma="calibrated"``
-            (:class:`~manyminds.population.calibrate.CalibrationConfig` or a dict of its fields;
-            a dict without ``curve_factors`` measures only the calibrated point of the curve).
 
     Attributes:
         layers: the perturbed :class:`NormLayer` s, in forward order.
         sigmas: resolved per-layer noise scales ``sigma_l`` (``z_l = sigma_l * eps``).
         base_sigma: the scalar sigma before per-layer scaling (``None`` for per-layer input).
-        calibration: the :class:`~manyminds.population.calibrate.CalibrationResult` of
-            ``sigma="calibrated"`` (else ``None``).
     """
 
-    def __init__(self, model: nn.Module, sigma: float | Sequence[float] | str = 0.02, seed: int = 0,
+    def __init__(self, model: nn.Module, sigma: float | Sequence[float] = 0.02, seed: int = 0,
                  norms: str = "all", noise: str = "additive", include_qk_norms: bool = False,
-                 tokenizer=None, cache_bytes: int = 64 * 2**20, sigma_scale: str = "absolute",
-                 calibration=None):
+                 tokenizer=None, cache_bytes: int = CACHE_BYTES, sigma_scale: str = "absolute"):
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
+        if isinstance(sigma, str):
+            raise TypeError(f"sigma must be a float or one float per layer, got {sigma!r}; to choose it from a "
+                            "target KL use manyminds.population.calibrated_population(model, tokenizer)")
+        layers = find_norm_layers(model, norms=norms, include_qk_norms=include_qk_norms)
+        # sigma_l = base_sigma * factor_l, resolved once here (the weights are read now, not per forward)
+        factors = layer_scales(layers, sigma_scale, noise)
+        sigmas, base_sigma = resolve_sigmas(sigma, factors)
+        self._setup(model, layers, factors, sigmas, base_sigma, seed=seed, norms=norms, noise=noise,
+                    include_qk_norms=include_qk_norms, tokenizer=tokenizer, cache_bytes=cache_bytes,
+                    sigma_scale=sigma_scale)
+
+    def _setup(self, model: nn.Module, layers: list[NormLayer], factors: list[float], sigmas: list[float],
+               base_sigma: float | None, *, seed: int, norms: str, noise: str, include_qk_norms: bool,
+               tokenizer, cache_bytes: int, sigma_scale: str) -> None:
+        """Set every attribute from resolved values: the one place the constructors
+        (``__init__``, :meth:`from_spec`, :meth:`with_sigma`) share."""
         self.model = model
         self.seed = seed
         self.norms = norms
         self.noise = noise
         self.include_qk_norms = include_qk_norms
         self.tokenizer = tokenizer
-        self.layers: list[NormLayer] = find_norm_layers(model, norms=norms, include_qk_norms=include_qk_norms)
+        self.layers: list[NormLayer] = layers
         self.sigma_scale = sigma_scale
-        # sigma_l = base_sigma * factor_l, resolved once here (the weights are read now, not per forward)
-        self._factors: list[float] = layer_scales(self.layers, sigma_scale, noise)
-        calibrated = isinstance(sigma, str)
-        if calibrated and sigma != "calibrated":
-            raise TypeError(f"sigma must be a float, one float per layer or 'calibrated', got {sigma!r}")
-        if calibration is not None and not calibrated:
-            raise ValueError("calibration=... is used with sigma='calibrated' only; drop it or pass sigma='calibrated'")
-        self.base_sigma: float | None = None
-        self.sigmas: list[float] = []
-        self._set_sigma(0.0 if calibrated else sigma)
+        self._factors: list[float] = list(factors)
+        self.sigmas: list[float] = list(sigmas)
+        self.base_sigma: float | None = base_sigma
         self.hidden_size: int = hidden_size_of(model)
         self._active: _ActiveMinds | None = None
         self.cache_bytes = int(cache_bytes)
         self._noise_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_used = 0
-        self.calibration = None
-        if calibrated:
-            from .calibrate import calibrate_sigma
 
-            if calibration is None or isinstance(calibration, dict) and "curve_factors" not in calibration:
-                # building a population checks the calibrated point only (the full curve: calibrate_sigma)
-                calibration = {**(calibration or {}), "curve_factors": (1.0,)}
-            self.calibration = calibrate_sigma(self, tokenizer=tokenizer, config=calibration)
-            self._set_sigma(self.calibration.sigma)
-
-    def _set_sigma(self, sigma: float | Sequence[float]) -> None:
-        """Resolve ``sigma`` into :attr:`sigmas`: a scalar is scaled per layer by the ``sigma_scale``
-        factors; a per-layer sequence is taken as is with ``sigma_scale="absolute"`` (with ``"weight"``
-        each value is scaled by its layer's factor)."""
-        values = check_sigma(sigma, len(self.layers))
-        scalar = isinstance(sigma, (int, float)) or (isinstance(sigma, torch.Tensor) and sigma.dim() == 0)
-        self.base_sigma = float(values[0]) if scalar else None
-        self.sigmas = [v * f for v, f in zip(values, self._factors)]
+    def with_sigma(self, sigma: float | Sequence[float]) -> Population:
+        """The same population at another sigma: a new :class:`Population` on the same model (not
+        copied), with the same seed, norms, noise and per-layer scaling (a scalar is scaled by the
+        factors this population resolved, so ``sigma_scale="weight"`` keeps the weights it read).
+        Mind ``m`` of the result has offsets ``sigma'_l * eps_l`` with the same ``eps_l``; the noise
+        vectors drawn so far are shared. This population is not changed.
+        """
+        if isinstance(sigma, str):
+            raise TypeError(f"sigma must be a float or one float per layer, got {sigma!r}")
+        sigmas, base_sigma = resolve_sigmas(sigma, self._factors)
+        other = type(self).__new__(type(self))
+        other._setup(self.model, self.layers, self._factors, sigmas, base_sigma, seed=self.seed, norms=self.norms,
+                     noise=self.noise, include_qk_norms=self.include_qk_norms, tokenizer=self.tokenizer,
+                     cache_bytes=self.cache_bytes, sigma_scale=self.sigma_scale)
+        other._noise_cache = OrderedDict(self._noise_cache)  # the vectors do not depend on sigma
+        other._cache_used = self._cache_used
+        return other
 
     # ------------------------------------------------------------------ description
 
@@ -189,9 +210,9 @@ class Population:
         """The address of ``mind`` (:class:`~manyminds.population.spec.MindSpec`): rebuilds the same
         mind on another copy of the model, device or engine.
 
-        ``spec.sigma`` holds the resolved per-layer sigmas (a tuple) whenever they are not one
-        absolute scalar (``sigma_scale="weight"``, per-layer input), so consumers that only read
-        ``spec.sigma`` (export, the vLLM worker) rebuild the same offsets."""
+        ``spec.sigma`` is a tuple: the resolved per-layer sigmas whenever they are not one absolute
+        scalar (``sigma_scale="weight"``, per-layer input), else that one value, so consumers that
+        only read ``spec.sigma`` (export, the vLLM worker) rebuild the same offsets."""
         sigma = self.sigma
         if self.sigma_scale != "absolute" or isinstance(sigma, list):
             sigma = tuple(self.sigmas)
@@ -201,38 +222,36 @@ class Population:
                         base_sigma=self.base_sigma)
 
     @classmethod
-    def from_spec(cls, model: nn.Module, spec: MindSpec | dict, **kwargs) -> Population:
+    def from_spec(cls, model: nn.Module, spec: MindSpec | dict, tokenizer=None,
+                  cache_bytes: int = CACHE_BYTES) -> Population:
         """The population that ``spec`` addresses, on ``model``; the mind is ``spec.mind``.
 
         The offsets come from ``spec.sigma`` alone (the resolved per-layer sigmas); the
         provenance fields ``sigma_scale`` / ``base_sigma`` are carried over, not re-applied, so
-        the weights of ``model`` do not change the mind.
+        the weights of ``model`` do not change the mind. :meth:`with_sigma` on the result scales a
+        new scalar by ``sigma_l / base_sigma``, as the population that made the spec would.
+
+        Args:
+            model: the model to perturb.
+            spec: a :class:`MindSpec` or its dict.
+            tokenizer, cache_bytes: as in :class:`Population`.
 
         Raises:
             ValueError: the spec was made for a model with other norms (count or width).
         """
         spec = MindSpec.from_dict(spec) if isinstance(spec, dict) else spec
-        sigma = list(spec.sigma) if isinstance(spec.sigma, tuple) else spec.sigma
+        sigma = spec.sigma[0] if len(spec.sigma) == 1 else list(spec.sigma)  # one value: a scalar population
         layers = find_norm_layers(model, norms=spec.norms, include_qk_norms=spec.include_qk_norms)
         spec.check_layout(len(layers), hidden_size_of(model), type(unwrap_model(model)).__name__)
-        pop = cls(model, sigma=sigma, seed=spec.seed, norms=spec.norms, noise=spec.noise,
-                  include_qk_norms=spec.include_qk_norms, **kwargs)
-        pop.sigma_scale = spec.sigma_scale
+        sigmas, base_sigma = resolve_sigmas(sigma, [1.0] * len(layers))  # absolute: exactly spec.sigma
         if spec.base_sigma is not None:
-            pop.base_sigma = spec.base_sigma
-        if spec.base_sigma:  # so that a later _set_sigma(scalar) scales like the original population
-            pop._factors = [s / spec.base_sigma for s in pop.sigmas]
+            base_sigma = spec.base_sigma
+        factors = [s / spec.base_sigma for s in sigmas] if spec.base_sigma else [1.0] * len(layers)
+        pop = cls.__new__(cls)
+        pop._setup(model, layers, factors, sigmas, base_sigma, seed=spec.seed, norms=spec.norms,
+                   noise=spec.noise, include_qk_norms=spec.include_qk_norms, tokenizer=tokenizer,
+                   cache_bytes=cache_bytes, sigma_scale=spec.sigma_scale)
         return pop
-
-    @classmethod
-    def calibrate(cls, model: nn.Module, tokenizer=None, config=None, **population_kwargs) -> Population:
-        """A population whose sigma is calibrated on ``model``
-        (:func:`~manyminds.population.calibrate.calibrate_sigma`); the same as
-        ``Population(model, sigma="calibrated", tokenizer=tokenizer, calibration=config, ...)``.
-        The curve is in ``pop.calibration``."""
-        if "sigma" in population_kwargs:
-            raise TypeError("Population.calibrate chooses sigma itself; pass target_kl in config instead of sigma")
-        return cls(model, sigma="calibrated", tokenizer=tokenizer, calibration=config, **population_kwargs)
 
     @staticmethod
     def _placement(layer: NormLayer, fallback: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -413,20 +432,14 @@ class Population:
 
     def vote(self, prompts, minds: int | Sequence[int] = 8, **kwargs):
         """Majority vote across minds per prompt: :func:`~manyminds.population.decisions.population_vote`."""
-        from .decisions import population_vote
-
         return population_vote(self, prompts, minds, **kwargs)
 
     def best_of(self, prompts, reward, minds: int | Sequence[int] = 8, **kwargs):
         """Best completion by ``reward`` across minds: :func:`~manyminds.population.decisions.best_of_minds`."""
-        from .decisions import best_of_minds
-
         return best_of_minds(self, prompts, reward, minds, **kwargs)
 
     def select_minds(self, dataset, reward, n: int = 4, **kwargs):
         """Best ``n`` candidate minds on a dev set: :func:`~manyminds.population.decisions.select_minds`."""
-        from .decisions import select_minds
-
         return select_minds(self, dataset, reward, n, **kwargs)
 
     def _max_new_tokens(self, generate_kwargs: dict) -> int | None:

