@@ -81,7 +81,9 @@ def test_engine_norms_match_hf_keys(engine, tiny_llama):
     assert layout["selections"]["all"]["keys"] == [n.key for n in hf]
 
 
-def test_prefix_cache_is_salted_per_mind(engine):
+def test_prefix_cache_is_salted_per_mind(engine, monkeypatch):
+    from manyminds.vllm import _guard
+
     mode, llm, model, tokenizer = engine
     if mode != "eager":
         pytest.skip("the cache logic is engine-independent; the eager engine covers it")
@@ -93,14 +95,17 @@ def test_prefix_cache_is_salted_per_mind(engine):
     ref = {m: hf_tokens(model, tokenizer, prompt, pop, m) for m in (-1, 1, 2)}
     assert len({tuple(v) for v in ref.values()}) == 3
     llm.reset_prefix_cache()
-    # Without the salt a mind reuses the plain model's cached prefix: wrong tokens (admission bypassed) ...
+    # Without the salt a mind reuses the plain model's cached prefix: wrong tokens (admission and the
+    # engine's own guard bypassed) ...
     rows, params = mv.mind_requests([prompt, prompt], [None, pop.spec(1)], GREEDY)
     assert mv.token_ids(llm.generate(rows[:1], params[:1], use_tqdm=False)) == [ref[-1]]
     unsalted = [{k: v for k, v in rows[1].items() if k != "cache_salt"}]
     guarded = llm.llm_engine.add_request
     llm.llm_engine.add_request = llm.llm_engine._manyminds_add_request
     try:
-        assert mv.token_ids(llm.generate(unsalted, params[1:], use_tqdm=False)) != [ref[1]]
+        with monkeypatch.context() as patch:
+            patch.setattr(_guard, "_admit", lambda layout, request: None)
+            assert mv.token_ids(llm.generate(unsalted, params[1:], use_tqdm=False)) != [ref[1]]
     finally:
         llm.llm_engine.add_request = guarded
     # ... and the engine salts an unsalted mind request at admission (also a raw string prompt).

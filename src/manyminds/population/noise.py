@@ -17,11 +17,14 @@ H100, CPU- and CUDA-drawn minds differed by as much as a mind's own effect.)
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["NOISE_KINDS", "apply_noise", "check_sigma", "mind_noise_table", "mind_seed", "standard_noise"]
+__all__ = ["NOISE_KINDS", "apply_noise", "check_sigma", "mind_noise_table", "mind_seed", "sigma_values",
+           "standard_noise"]
 
 NOISE_KINDS = ("additive", "multiplicative")
 
@@ -90,22 +93,35 @@ def apply_noise(output: torch.Tensor, offset: torch.Tensor, noise: str = "additi
     raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {noise!r}")
 
 
-def check_sigma(sigma, num_layers: int) -> list[float]:
-    """Validate ``sigma`` (a float >= 0, or one finite value >= 0 per layer) -> list of per-layer sigmas."""
+def sigma_values(sigma) -> tuple[float, ...]:
+    """``sigma`` as a tuple of finite floats >= 0: one value for a number (or a 0-dim tensor), one per
+    entry for a non-empty sequence (or tensor). The one validation of a sigma's values
+    (:func:`check_sigma`, :class:`~manyminds.population.spec.MindSpec`).
+
+    Raises:
+        TypeError: neither a number nor a non-empty sequence of numbers (``bool`` is not a number here).
+        ValueError: a value is negative, infinite or NaN.
+    """
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.detach().cpu().reshape(-1).tolist() if sigma.dim() else float(sigma)
-    if isinstance(sigma, bool):
-        raise TypeError(f"sigma must be a float >= 0 or a sequence of floats, got {sigma!r}")
-    if isinstance(sigma, (int, float)):
-        values = [float(sigma)] * num_layers
-    elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
-        values = [float(s) for s in sigma]
-        if len(values) != num_layers:
-            raise ValueError(f"sigma has {len(values)} values but the population perturbs {num_layers} "
-                             "norm layers; pass one value per layer or a single float")
-    else:
-        raise TypeError(f"sigma must be a float >= 0 or a sequence of floats, got {type(sigma).__name__}")
-    for s in values:
-        if not (s >= 0 and s != float("inf")):
-            raise ValueError(f"sigma must be finite and >= 0, got {s}; the paper uses 0.02")
+    values = tuple(sigma) if isinstance(sigma, Sequence) and not isinstance(sigma, str) else (sigma,)
+    if not values or any(isinstance(s, bool) or not isinstance(s, numbers.Real) for s in values):
+        raise TypeError(f"sigma must be a float >= 0 or a non-empty sequence of floats, got {sigma!r}")
+    values = tuple(float(s) for s in values)
+    bad = next((s for s in values if not 0 <= s < math.inf), None)
+    if bad is not None:
+        raise ValueError(f"sigma must be finite and >= 0, got {bad}; the paper uses 0.02")
     return values
+
+
+def check_sigma(sigma, num_layers: int) -> list[float]:
+    """Validate ``sigma`` (a float >= 0, or one finite value >= 0 per layer) -> list of per-layer sigmas."""
+    values = sigma_values(sigma)
+    per_layer = isinstance(sigma, torch.Tensor) and sigma.dim() > 0 or \
+        isinstance(sigma, Sequence) and not isinstance(sigma, str)
+    if not per_layer:
+        return [values[0]] * num_layers
+    if len(values) != num_layers:
+        raise ValueError(f"sigma has {len(values)} values but the population perturbs {num_layers} "
+                         "norm layers; pass one value per layer or a single float")
+    return list(values)

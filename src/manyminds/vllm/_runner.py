@@ -14,9 +14,10 @@ import importlib
 from collections.abc import Callable
 
 
-def uses_extension(runner, base: type) -> bool:
-    """Whether ``runner``'s engine was built with a ``worker_extension_cls`` that is ``base`` or derives from it."""
-    name = getattr(runner.vllm_config.parallel_config, "worker_extension_cls", "") or ""
+def uses_extension(vllm_config, base: type) -> bool:
+    """Whether the engine of ``vllm_config`` was built with a ``worker_extension_cls`` that is ``base`` or
+    derives from it."""
+    name = getattr(vllm_config.parallel_config, "worker_extension_cls", "") or ""
     if not name:
         return False
     if name == f"{base.__module__}.{base.__qualname__}":
@@ -34,6 +35,10 @@ def after_load_model(marker: str, base: type, install: Callable) -> None:
     on engines that use an extension derived from ``base``."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+    from manyminds.upstream import check_overrides
+
+    check_overrides("vllm")  # load_model and _model_forward, patched by the extensions
+
     runners = [GPUModelRunner]
     try:
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
@@ -49,7 +54,7 @@ def after_load_model(marker: str, base: type, install: Callable) -> None:
         @functools.wraps(original)
         def load_model(self, *args, _original=original, **kwargs):
             result = _original(self, *args, **kwargs)
-            if uses_extension(self, base):
+            if uses_extension(self.vllm_config, base):
                 install(self)
             return result
 

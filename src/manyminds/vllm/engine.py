@@ -8,8 +8,9 @@ worker (:mod:`manyminds.vllm.worker`) computes the offsets with the same pure fu
 
 Prefix caching keys KV blocks by token ids, LoRA and ``cache_salt``, not by ``extra_args``: two
 minds sharing a prompt prefix would silently reuse each other's KV cache. Every mind request is
-therefore salted with its mind (:func:`mind_salt`); plain requests are not salted and share the
-cache with ordinary requests.
+therefore salted with its mind (:func:`~manyminds.vllm.admission.mind_salt`); plain requests are not
+salted and share the cache with ordinary requests. Specs are checked and salted by
+:mod:`manyminds.vllm.admission`, the same functions the worker calls.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from manyminds.population.spec import MindSpec
 
 from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG, WORKER_EXTENSION
+from .admission import check_spec, mind_salt, salt_for
 
 __all__ = ["WORKER_EXTENSION", "engine_layout", "generate", "make_llm", "mind_requests", "mind_salt",
            "mind_specs", "require_vllm"]
@@ -87,12 +89,10 @@ def admission_spec(params, layout: dict) -> MindSpec | None:
     if raw is None:
         return None
     try:
-        spec = raw if isinstance(raw, MindSpec) else MindSpec.from_dict(dict(raw))
-        _check_spec(spec, layout)
-    except (TypeError, ValueError) as err:
+        return check_spec(raw, layout)
+    except ValueError as err:
         raise ValueError(f"bad mind spec in SamplingParams.extra_args[{EXTRA_ARGS_KEY!r}]: {err}; build requests "
                          f"with manyminds.vllm.mind_requests or Population.spec") from None
-    return spec
 
 
 def admit_minds(llm) -> None:
@@ -100,10 +100,11 @@ def admit_minds(llm) -> None:
 
     Every route into a :func:`make_llm` engine (:func:`generate`, :func:`mind_requests`, raw
     ``SamplingParams(extra_args=...)``) passes ``llm_engine.add_request``; there a malformed spec is
-    refused with a ``ValueError`` (vLLM then aborts the call's requests already added), before it can
-    reach the worker, where an exception inside the model forward would stop the engine for every
-    request; and a mind without its prefix-cache salt gets :func:`mind_salt`, so its perturbed KV
-    blocks are never shared with the plain model or another mind.
+    refused with a one-line ``ValueError`` (vLLM then aborts the call's requests already added) before
+    anything is sent; and a mind without its prefix-cache salt gets it
+    (:func:`~manyminds.vllm.admission.salt_for`), so its perturbed KV blocks are never shared with the
+    plain model or another mind. Engines built without this wrapper rely on the extension's own guard
+    (:mod:`manyminds.vllm._guard`): a bad spec fails its request alone instead of the call.
     """
     engine = llm.llm_engine
     if getattr(engine, "_manyminds_add_request", None) is not None:
@@ -113,10 +114,9 @@ def admit_minds(llm) -> None:
 
     def add_request(request_id, prompt, params, *args, **kwargs):
         spec = admission_spec(params, engine_layout(owner()))
-        if spec is not None and not _is_plain(spec) and isinstance(prompt, dict) and not prompt.get("cache_salt"):
-            prompt = {**prompt, "cache_salt": mind_salt(spec)}
-        elif spec is not None and not _is_plain(spec) and isinstance(prompt, str):
-            prompt = {"prompt": prompt, "cache_salt": mind_salt(spec)}
+        if spec is not None and not spec.is_plain and isinstance(prompt, (str, dict)):
+            prompt = {"prompt": prompt} if isinstance(prompt, str) else prompt
+            prompt = {**prompt, "cache_salt": salt_for(spec, prompt.get("cache_salt"))}
         return original(request_id, prompt, params, *args, **kwargs)
 
     engine._manyminds_add_request = original
@@ -140,17 +140,6 @@ def engine_layout(llm) -> dict:
             raise
         llm._manyminds_layout = layout
     return layout
-
-
-def _check_spec(spec: MindSpec, layout: dict) -> None:
-    name = f"{spec.norms}{'+qk' if spec.include_qk_norms else ''}"
-    selection = layout["selections"].get(name)
-    if selection is None:
-        if spec.include_qk_norms:
-            raise ValueError("the mind spec perturbs q/k norms but the engine was built without them; build it "
-                             "with manyminds.vllm.make_llm(..., include_qk_norms=True)")
-        raise ValueError(f"norms={spec.norms!r} selects no norm of the engine's {layout['model']}; use norms='all'")
-    spec.check_layout(selection["num_layers"], layout["hidden_size"], f"the vLLM engine's {layout['model']}")
 
 
 def _as_ids(minds) -> list[int]:
@@ -179,21 +168,8 @@ def mind_specs(minds, *, population=None, sigma=None, seed: int = 0, norms: str 
     if sigma is None:
         raise ValueError("say which population the minds come from: population=pop, or sigma=... "
                          "(with seed=, norms=, noise=)")
-    sigma = tuple(sigma) if isinstance(sigma, (list, tuple)) else sigma
     return [None if m == -1 else MindSpec(seed=seed, mind=m, sigma=sigma, norms=norms, noise=noise,
                                            include_qk_norms=include_qk_norms) for m in ids]
-
-
-def mind_salt(spec: MindSpec) -> str:
-    """The prefix-cache salt of a mind: KV blocks are shared only between requests of one mind."""
-    sigma = ",".join(repr(s) for s in spec.sigma) if isinstance(spec.sigma, tuple) else repr(spec.sigma)
-    return (f"manyminds:{spec.seed}:{spec.mind}:{sigma}:{spec.norms}:{spec.noise}:"
-            f"{int(spec.include_qk_norms)}")
-
-
-def _is_plain(spec: MindSpec) -> bool:
-    sigmas = spec.sigma if isinstance(spec.sigma, tuple) else (spec.sigma,)
-    return spec.mind == -1 or all(s == 0 for s in sigmas)
 
 
 def _prompt_dict(prompt) -> dict:
@@ -235,12 +211,11 @@ def mind_requests(prompts: Sequence, specs: Sequence[MindSpec | None], sampling_
         params = copy.copy(params)  # a shallow copy: extra_args is replaced, not mutated
         extra = dict(params.extra_args or {})
         extra.pop(EXTRA_ARGS_KEY, None)
-        if spec is not None and _is_plain(spec):
+        if spec is not None and spec.is_plain:
             spec = None  # sigma 0 or mind -1 is the plain model: no offsets, and the plain prefix cache
         if spec is not None:
             extra[EXTRA_ARGS_KEY] = spec.to_dict()
-            salt = mind_salt(spec)
-            row["cache_salt"] = f"{row['cache_salt']}|{salt}" if row.get("cache_salt") else salt
+            row["cache_salt"] = salt_for(spec, row.get("cache_salt"))
         params.extra_args = extra or None
         out_prompts.append(row)
         out_params.append(params)
@@ -304,7 +279,7 @@ def generate(llm, prompts, minds=None, *, population=None, sigma=None, seed: int
     if any(s is not None for s in specs):
         layout = engine_layout(llm)
         for spec in {s for s in specs if s is not None}:
-            _check_spec(spec, layout)
+            check_spec(spec, layout)
     rows, params = mind_requests(texts, specs, sampling_params)
     outputs = llm.generate(rows, params, use_tqdm=use_tqdm, **generate_kwargs)
     return (outputs, ids) if return_minds else outputs

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from manyminds.rows import encode_pair
+
 from .engine import require_vllm
 
 __all__ = ["generate_members", "make_member_llm", "member_disagreement", "member_logp_variance",
@@ -26,9 +28,9 @@ __all__ = ["generate_members", "make_member_llm", "member_disagreement", "member
 
 
 def _members_of(directory: Path) -> tuple[int, int]:
-    from manyminds.ensemble.lora import _checkpoint_shape
+    from manyminds.ensemble.save_and_load import checkpoint_shape
 
-    return _checkpoint_shape(directory)
+    return checkpoint_shape(directory)
 
 
 def member_requests(directory: str | os.PathLike, members: Sequence[int] | None = None) -> list:
@@ -113,16 +115,27 @@ def member_disagreement(outputs: Sequence[Sequence], answer: Callable[[str], str
     return answer_disagreement(answers)
 
 
-def member_logp_variance(llm, prompts: Sequence[str], completions: Sequence[str],
-                         directory: str | os.PathLike | None = None, *, requests: Sequence | None = None
-                         ) -> dict[str, torch.Tensor]:
+def member_logp_variance(llm, prompts: Sequence, completions: Sequence,
+                         directory: str | os.PathLike | None = None, *,
+                         requests: Sequence | None = None) -> dict:
     """Each member's log-likelihood of the given completions, scored by vLLM, and its variance.
 
-    Row ``b`` is ``prompts[b] + completions[b]``; member ``k`` scores its completion tokens
-    with ``prompt_logprobs`` (one generated token, discarded).
+    Row ``b`` is tokenised as the trainers and the transformers scoring tokenise it
+    (:func:`manyminds.rows.encode_pair`, TRL 1.16's rule): a string prompt and completion as one
+    text with the tokenizer's special tokens and eos appended, a conversation and its assistant
+    turn through the chat template; the completion is what follows the prompt's common prefix.
+    Member ``k`` scores those completion tokens with ``prompt_logprobs`` (one generated token,
+    discarded):
+    ``logp[k, b] = sum_{t : completion_mask[b, t] = 1} log p_k(ids[b, t] | ids[b, :t])``.
+
+    Args:
+        prompts: ``[B]`` strings or conversations.
+        completions: ``[B]`` strings, or assistant turns (lists of messages) for conversations.
 
     Returns:
-        ``{"member_logps": [K, B] float64, "logp_variance": [B]}`` (population variance over members).
+        ``{"member_logps": [K, B] float64, "logp_variance": [B]`` (population variance over
+        members), ``"input_ids": [B]`` lists (the ids vLLM scored, as it reports them) and
+        ``"completion_mask": [B]`` 0/1 lists``}``.
     """
     vllm = require_vllm()
     from manyminds.ensemble.uncertainty import logp_variance
@@ -133,12 +146,8 @@ def member_logp_variance(llm, prompts: Sequence[str], completions: Sequence[str]
         raise ValueError("pass the saved members' directory or requests=member_requests(directory), one of them")
     requests = member_requests(directory) if requests is None else list(requests)
     tokenizer = llm.get_tokenizer()
-    rows, starts = [], []
-    for prompt, completion in zip(prompts, completions):
-        prompt_ids = tokenizer(prompt).input_ids
-        full = tokenizer(prompt + completion).input_ids
-        rows.append({"prompt_token_ids": full})
-        starts.append(len(prompt_ids))
+    encoded = [encode_pair(tokenizer, p, c, None) for p, c in zip(prompts, completions)]
+    rows = [{"prompt_token_ids": e["input_ids"]} for e in encoded]
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     all_rows = [r for _ in requests for r in rows]
     loras = [q for q in requests for _ in rows]
@@ -150,7 +159,10 @@ def member_logp_variance(llm, prompts: Sequence[str], completions: Sequence[str]
     logps = torch.zeros(len(requests), B, dtype=torch.float64)
     for i, out in enumerate(outputs):
         k, b = divmod(i, B)
-        ids = rows[b]["prompt_token_ids"]
-        # prompt_logprobs[t] holds log p(ids[t] | ids[:t]); entry 0 is None
-        logps[k, b] = sum(out.prompt_logprobs[t][ids[t]].logprob for t in range(starts[b], len(ids)))
-    return {"member_logps": logps, "logp_variance": logp_variance(logps)}
+        ids, mask = list(out.prompt_token_ids), encoded[b]["completion_mask"]  # as vLLM saw them
+        # prompt_logprobs[t] holds log p(ids[t] | ids[:t]); entry 0 is None (nothing predicts it)
+        logps[k, b] = sum(out.prompt_logprobs[t][ids[t]].logprob
+                          for t in range(1, len(ids)) if mask[t])
+    return {"member_logps": logps, "logp_variance": logp_variance(logps),
+            "input_ids": [list(out.prompt_token_ids) for out in outputs[:B]],
+            "completion_mask": [e["completion_mask"] for e in encoded]}

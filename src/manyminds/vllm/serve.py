@@ -22,7 +22,7 @@ same command line, plus:
   ``reload_weights`` (in place, then the prefix cache is reset). It is the weight sync that needs no
   NCCL, so a CPU trainer and a CPU server work (TRL's NCCL path stays available on GPUs);
 - every other way in (``/v1/completions``, ...) refuses a request that carries a mind in its
-  ``extra_args`` (``vllm_xargs``): those would be neither checked nor salted.
+  ``extra_args`` (``vllm_xargs``), which would skip this admission's one-line answers.
 
 The client side is :class:`manyminds.vllm.client.MindVLLMClient`.
 """
@@ -198,9 +198,7 @@ def _sampling_params(body: dict):
 
 def _specs(raw, rows: int, layout: dict) -> list:
     """The checked :class:`MindSpec` (or ``None``) of every prompt; ``ValueError`` names the first bad one."""
-    from manyminds.population.spec import MindSpec
-
-    from .engine import _check_spec
+    from .admission import check_spec
 
     if raw is None:
         return [None] * rows
@@ -210,10 +208,8 @@ def _specs(raw, rows: int, layout: dict) -> list:
     specs = []
     for i, item in enumerate(raw):
         try:
-            spec = None if item is None else MindSpec.from_dict(item)
-            if spec is not None:
-                _check_spec(spec, layout)
-        except (TypeError, ValueError) as err:
+            spec = None if item is None else check_spec(item, layout)
+        except ValueError as err:
             raise ValueError(f"mind_specs[{i}]: {err}") from None
         specs.append(spec)
     return specs
@@ -222,9 +218,9 @@ def _specs(raw, rows: int, layout: dict) -> list:
 def _guard_generic_requests(engine) -> None:
     """Make ``engine.generate`` refuse minds; the unguarded one stays as ``engine._manyminds_generate``.
 
-    A mind that came through ``vllm_xargs`` of ``/v1/completions`` (or any other route) would reach the
-    worker unchecked (a malformed one stops the engine) and unsalted (it would share KV blocks with
-    other minds), so only ``POST /manyminds/generate/`` admits minds.
+    A mind that came through ``vllm_xargs`` of ``/v1/completions`` (or any other route) would skip the
+    one-line ``400`` of this server's admission (the worker's own guard would only fail that request with
+    vLLM's generic error), so only ``POST /manyminds/generate/`` admits minds.
     """
     if getattr(engine, "_manyminds_generate", None) is not None:
         return

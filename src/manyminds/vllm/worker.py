@@ -29,11 +29,19 @@ select. So mind ``m`` is the same mind here and in ``Population.minds([m])``.
 The tables (``[R, W]`` per norm, ``R = max_num_seqs + 1``) and the token->row index
 (``[max_num_batched_tokens]``) are allocated once and updated in place, so the op reads fixed
 buffers: the same code runs in eager mode, under ``torch.compile`` and in captured CUDA graphs.
+
+No request can stop the engine: a spec is checked (:func:`~manyminds.vllm.admission.check_spec`, the
+client's check) before the request's first forward, outside the op. Where the scheduler shares this
+process, it has already failed a bad spec's request alone and salted every mind
+(:mod:`manyminds.vllm._guard`, installed by importing this module); elsewhere a request whose spec
+fails the check runs on row 0, the plain model, and is logged and counted
+(``manyminds_stats()["refused"]``), since vLLM 0.32 gives a worker no way to fail one request.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,12 +52,16 @@ from manyminds.population.noise import mind_noise_table
 from manyminds.population.norms import find_norm_layers, hidden_size_of
 from manyminds.population.spec import MindSpec
 
+from ._guard import guard_scheduler, register_layout
 from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG
 from ._runner import after_load_model
+from .admission import check_spec
 from .weight_sync import RepackAwareWeightLoading
 
 __all__ = ["EXTRA_ARGS_KEY", "MindWorkerExtension", "engine_layout"]
 
+
+logger = logging.getLogger("manyminds.vllm")
 
 _SELECTIONS = (("all", False), ("blocks", False), ("final", False), ("all", True), ("blocks", True),
                ("final", True))
@@ -74,9 +86,17 @@ class _MindTables:
     slots: OrderedDict = field(default_factory=OrderedDict)  # spec key -> row, least recently used first
     steps: int = 0
     mind_steps: int = 0
+    refused: int = 0                                # requests whose spec failed the check (run plain)
+    _layout: dict | None = None
 
     def layout(self) -> dict:
-        """What the client needs to check a spec: per selection, the number of norms and their width."""
+        """What :func:`~manyminds.vllm.admission.check_spec` needs: per selection, the number of norms,
+        and their width (built once)."""
+        if self._layout is None:
+            self._layout = self._build_layout()
+        return self._layout
+
+    def _build_layout(self) -> dict:
         return {"model": self.model_name, "hidden_size": self.hidden_size, "rows": self.rows,
                 "selections": {f"{norms}{'+qk' if qk else ''}": {"num_layers": len(keys),
                                                                    "keys": list(keys)}
@@ -172,6 +192,7 @@ def install(runner) -> _MindTables:
 
     runner._model_forward = _model_forward
     runner._manyminds_state = state
+    register_layout(runner.vllm_config, state.layout())  # for the scheduler, where it runs in this process
     return state
 
 
@@ -181,28 +202,27 @@ def _spec_key(spec: MindSpec) -> tuple:
     return (spec.seed, spec.mind, spec.sigma, spec.norms, spec.noise, spec.include_qk_norms)
 
 
-def parse_spec(extra_args, state: _MindTables) -> MindSpec | None:
-    """The mind a request asks for (``None``: the plain model), checked against this engine's norms."""
-    if not extra_args or EXTRA_ARGS_KEY not in extra_args:
+def request_spec(req_id: str, params, state: _MindTables) -> MindSpec | None:
+    """The mind a request runs (``None``: the plain model). Never raises: a spec that fails
+    :func:`~manyminds.vllm.admission.check_spec` is logged and counted, and the request runs plain."""
+    raw = (getattr(params, "extra_args", None) or {}).get(EXTRA_ARGS_KEY)
+    if raw is None:
         return None
-    raw = extra_args[EXTRA_ARGS_KEY]
-    spec = raw if isinstance(raw, MindSpec) else MindSpec.from_dict(dict(raw))
-    keys = state.selections.get((spec.norms, spec.include_qk_norms))
-    if keys is None:
-        if spec.include_qk_norms and (spec.norms, False) in state.selections:
-            raise ValueError("manyminds: this spec perturbs q/k norms; build the engine with "
-                             "make_llm(..., include_qk_norms=True)")
-        raise ValueError(f"manyminds: norms={spec.norms!r} selects no norm of {state.model_name}")
-    spec.check_layout(len(keys), state.hidden_size, f"the vLLM engine's {state.model_name}")
-    if spec.mind == -1 or all(s == 0 for s in (spec.sigma if isinstance(spec.sigma, tuple) else (spec.sigma,))):
+    try:
+        spec = check_spec(raw, state.layout())
+    except Exception as err:  # noqa: BLE001 - whatever a client sent, the forward of every other request goes on
+        state.refused += 1
+        logger.error("manyminds: request %s runs as the plain model: bad mind spec in SamplingParams.extra_args"
+                     "[%r]: %s; build requests with manyminds.vllm.mind_requests, or serve with make_llm or "
+                     "manyminds vllm-serve, which refuse them", req_id, EXTRA_ARGS_KEY, " ".join(str(err).split()))
         return None
-    return spec
+    return None if spec.is_plain else spec
 
 
 def _fill_row(state: _MindTables, row: int, spec: MindSpec) -> None:
     """Write ``spec``'s offsets into table row ``row`` of every norm (plain on unselected norms)."""
     keys = state.selections[(spec.norms, spec.include_qk_norms)]
-    sigmas = spec.sigma if isinstance(spec.sigma, tuple) else (spec.sigma,) * len(keys)
+    sigmas = spec.layer_sigmas(len(keys))
     for key in state.add:
         state.add[key][row].zero_()
         state.mul[key][row].fill_(1.0)
@@ -245,8 +265,7 @@ def _route_tokens(runner, state: _MindTables) -> None:
         request = runner.requests[req_id]
         cached = getattr(request, "_manyminds_spec", False)
         if cached is False:
-            params = request.sampling_params
-            cached = parse_spec(params.extra_args if params is not None else None, state)
+            cached = request_spec(req_id, request.sampling_params, state)
             request._manyminds_spec = cached
         row = 0 if cached is None else _slot_for(state, cached, in_use)
         in_use.add(row)
@@ -282,9 +301,11 @@ class MindWorkerExtension(RepackAwareWeightLoading):
         return self._manyminds_state().layout()
 
     def manyminds_stats(self) -> dict:
-        """Forward steps so far, how many of them ran at least one mind, and the minds in the tables."""
+        """Forward steps so far, how many of them ran at least one mind, the minds in the tables, and the
+        requests whose bad spec reached this worker (run as the plain model)."""
         state = self._manyminds_state()
-        return {"steps": state.steps, "mind_steps": state.mind_steps, "cached_minds": len(state.slots)}
+        return {"steps": state.steps, "mind_steps": state.mind_steps, "cached_minds": len(state.slots),
+                "refused": state.refused}
 
 
 def engine_layout(model: torch.nn.Module) -> dict:
@@ -293,3 +314,4 @@ def engine_layout(model: torch.nn.Module) -> dict:
 
 
 after_load_model("_manyminds_wrapped", MindWorkerExtension, install)
+guard_scheduler(MindWorkerExtension)
