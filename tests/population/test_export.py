@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from manyminds.models import random_model
 from manyminds.population import MindExportError, Population, export_mind
+from manyminds.zoo.models import random_model
 
 X = torch.randint(4, 64, (2, 9), generator=torch.Generator().manual_seed(3))
 
@@ -97,3 +97,28 @@ def test_export_unperturbed_mind_is_the_base_model(tmp_path, tiny_gpt2):
     path = export_mind(tiny_gpt2, -1, tmp_path / "base", sigma=0.1)
     loaded = AutoModelForCausalLM.from_pretrained(path).eval()
     torch.testing.assert_close(_logits(loaded), _logits(tiny_gpt2), rtol=0, atol=1e-6)
+
+
+def test_export_reads_bias_flags_and_llama_rebuild_from_the_family_table(monkeypatch):
+    """Qwen2 folds by the Llama rebuild its rule allows; a family outside the table gets today's
+    structural path (the same rebuild); a rule without the rebuild, or without Llama's mlp_bias
+    flag, cannot fold."""
+    from manyminds.population import families
+    from manyminds.population.export import fold_mind
+
+    def fold(model):
+        return fold_mind(Population(model, sigma=0.1, norms="blocks"), 0)
+
+    pre = ("input_layernorm", "post_attention_layernorm", "norm")
+    qwen2, llama = random_model("qwen2"), random_model("llama")
+    assert type(fold(qwen2)).__name__ == "LlamaForCausalLM"
+    assert fold(llama).config.mlp_bias
+    monkeypatch.delitem(families.RULES, "qwen2")
+    assert type(fold(qwen2)).__name__ == "LlamaForCausalLM"
+    monkeypatch.setitem(families.RULES, "qwen2", families.NormRule(pre))
+    with pytest.raises(MindExportError, match="mlp.gate_proj.*no bias"):
+        fold(qwen2)
+    no_mlp_flag = families.NormRule(pre, bias_flags=("attention_bias",))
+    monkeypatch.setitem(families.RULES, "llama", no_mlp_flag)
+    with pytest.raises(MindExportError, match="mlp.gate_proj.*no bias"):
+        fold(llama)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from manyminds.models import random_model
 from manyminds.population import MindSpec, Population, export_mind
 from manyminds.population.scale import layer_scales, norm_gain_rms
+from manyminds.zoo.models import random_model
 
 
 def _spread_norm_weights(model, seed=0):
@@ -63,7 +63,7 @@ def test_bad_sigma_scale_inputs(llama):
         Population(llama, sigma=0.02, sigma_scale="relative")
     with pytest.raises(ValueError, match="already relative"):
         Population(llama, sigma=0.02, sigma_scale="weight", noise="multiplicative")
-    with pytest.raises(TypeError, match="'calibrated'"):
+    with pytest.raises(TypeError, match="calibrated_population"):
         Population(llama, sigma="auto")
     layer = Population(llama, sigma=0.0).layers[0]
     saved = layer.module.weight
@@ -117,3 +117,32 @@ def test_export_of_weight_scaled_mind_matches_live_mind(llama, ids_batch, tmp_pa
         plain = llama(ids_batch).logits
     assert (want - plain).abs().max() > 1e-3
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gain_form_comes_from_the_family_table_and_the_probe_only_outside_it(monkeypatch):
+    """Gemma's ``1 + w`` is read from population/families.py; a family outside it is probed."""
+    from manyminds.population import families
+
+    gemma = _spread_norm_weights(random_model("gemma", vocab_size=64, seed=0))
+
+    def want(gain_of_w):
+        return [0.1 * float(gain_of_w(layer.module.weight.detach().double()).pow(2).mean().sqrt())
+                for layer in Population(gemma, sigma=0.0).layers]
+
+    one_plus, plain = want(lambda w: 1 + w), want(lambda w: w)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(one_plus, plain))  # the gain form matters
+
+    def no_probe(norm):
+        raise AssertionError("a family in the table is not probed")
+
+    def sigmas():
+        return Population(gemma, sigma=0.1, sigma_scale="weight").sigmas
+
+    monkeypatch.setattr(families, "scales_by_one_plus_weight", no_probe)
+    assert sigmas() == pytest.approx(one_plus, rel=1e-12)
+    monkeypatch.setitem(families.RULES, "gemma", families.RULES["llama"])  # a (wrong) rule counts
+    assert sigmas() == pytest.approx(plain, rel=1e-12)
+    monkeypatch.undo()  # the real probe and table again
+    monkeypatch.delitem(families.RULES, "gemma")  # outside the table: the probe decides
+    assert all(layer.gain is None for layer in Population(gemma, sigma=0.0).layers)
+    assert sigmas() == pytest.approx(one_plus, rel=1e-12)

@@ -11,7 +11,9 @@ The folds are exact identities:
   forward. Missing biases are switched on through the config where the architecture has a
   flag (Llama: ``attention_bias``, ``mlp_bias``); Qwen2 and Mistral without sliding windows
   are written as the equivalent Llama with those biases. Where no bias can exist (most
-  ``lm_head`` s, Gemma's or Qwen3's MLP) the export raises an error that says why.
+  ``lm_head`` s, Gemma's or Qwen3's MLP) the export raises an error that says why. The flags
+  and the Llama rebuild are the family's ``bias_flags`` and ``as_llama`` in
+  :data:`~manyminds.population.families.RULES`.
 - multiplicative offset ``y * (1 + z)``: the norm's weight (and bias) are scaled by
   ``1 + z``; for Gemma-style norms that scale by ``1 + w`` the weight becomes
   ``(1 + w)(1 + z) - 1``.
@@ -25,25 +27,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from manyminds.ensemble.lora import apply_umask
-from manyminds.models import llama_equivalent_config, rebuild_as
+from manyminds.files import atomic_folder
+from manyminds.zoo.models import llama_equivalent_config, rebuild_as
 
+from .families import rule_of, uses_one_plus_weight
 from .norms import unwrap_model
 from .population import Population
-from .scale import scales_by_one_plus_weight
 
 __all__ = ["MindExportError", "export_mind", "fold_mind"]
-
-# Qwen2 / Mistral -> Llama: config fields with the same meaning.
-_BIAS_FLAGS = ("attention_bias", "mlp_bias")
 
 
 class MindExportError(ValueError):
@@ -104,7 +101,7 @@ def _trace_readers(model: nn.Module, norm_modules: dict[int, str]) -> dict[str, 
 
 
 def _rebuild(inner: nn.Module, config) -> nn.Module:
-    """:func:`manyminds.models.rebuild_as`, its errors as :class:`MindExportError`."""
+    """:func:`manyminds.zoo.models.rebuild_as`, its errors as :class:`MindExportError`."""
     try:
         return rebuild_as(inner, config)
     except ValueError as err:
@@ -126,13 +123,14 @@ def _plan_model(inner: nn.Module, bias_readers: dict[str, list[str]]) -> nn.Modu
     if not missing:
         return copy.deepcopy(inner)
     candidates = []
+    rule = rule_of(inner)
     config = copy.deepcopy(inner.config)
-    flags = [f for f in _BIAS_FLAGS if hasattr(config, f) and not getattr(config, f)]
+    flags = [f for f in rule.bias_flags if hasattr(config, f) and not getattr(config, f)]
     if flags:
         for flag in flags:
             setattr(config, flag, True)
         candidates.append(config)
-    llama = llama_equivalent_config(inner.config, mlp_bias=True)
+    llama = llama_equivalent_config(inner.config, mlp_bias=True) if rule.as_llama else None
     if llama is not None:
         candidates.append(llama)
     best = inner
@@ -190,7 +188,8 @@ def fold_mind(population: Population, mind: int) -> nn.Module:
                 if weight is None:
                     raise MindExportError(f"{name} has no weight to fold gain noise into")
                 w = weight.double()
-                new_w = (1 + w) * (1 + z) - 1 if scales_by_one_plus_weight(norm) else w * (1 + z)
+                one_plus = uses_one_plus_weight(layer.gain, norm)
+                new_w = (1 + w) * (1 + z) - 1 if one_plus else w * (1 + z)
                 weight.copy_(new_w.to(weight.dtype))
                 if bias is not None:
                     bias.copy_((bias.double() * (1 + z)).to(bias.dtype))
@@ -255,8 +254,7 @@ def export_mind(model_or_population, mind: int, path: str | os.PathLike, tokeniz
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another folder")
     model = fold_mind(population, mind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:  # renamed onto path only if everything below succeeds
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -273,15 +271,4 @@ def export_mind(model_or_population, mind: int, path: str | os.PathLike, tokeniz
                 raise MindExportError(f"the exported mind differs from the population by {err:.2e} (relative "
                                       f"max logit error, tolerance {_tolerance(dtype):.0e}); the fold is not "
                                       "exact for this architecture")
-        apply_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: use the umask's permissions
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path

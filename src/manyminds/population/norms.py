@@ -1,18 +1,16 @@
 """Find the normalization layers a population perturbs.
 
 B-Trans perturbs the output of every normalization layer whose output has the model's
-hidden width: each block's input and post-attention norms (or ``ln_1``/``ln_2``, or
-whatever a family calls them) and the final norm. Per-head q/k norms (Qwen3, OLMo-2, ...)
-are left alone by default.
-
-B-Trans perturbs norm outputs that feed linear layers (q/k/v, gate/up, lm_head). Post-norm
-("sandwich") layouts also normalize the *output* of a residual branch before it is added back
-(Gemma-2/3's and OLMo-2's ``post_attention_layernorm`` / ``post_feedforward_layernorm``,
-GLM-4's ``post_self_attn_layernorm`` / ``post_mlp_layernorm``); those feed no linear layer
-and are not perturbed. A block norm is such a branch-output norm when its name is one of
-:data:`BRANCH_OUTPUT_NORMS`, or it is ``post_attention_layernorm`` in a block that also has a
-``post_feedforward_layernorm`` (in Llama-style blocks ``post_attention_layernorm`` is the
-pre-MLP norm and is perturbed). OLMo-2 has no block norm left: only ``norms="final"`` works.
+hidden width and feeds linear layers (q/k/v, gate/up, lm_head): each block's input and
+post-attention norms (or ``ln_1``/``ln_2``, or whatever a family calls them) and the final norm.
+Which names are per-head q/k norms (left alone by default) and which normalize a residual
+branch's *output* (post-norm / "sandwich" layouts: Gemma-2/3's and OLMo-2's
+``post_attention_layernorm`` / ``post_feedforward_layernorm``, GLM-4's
+``post_self_attn_layernorm`` / ``post_mlp_layernorm``; never perturbed) is the family's
+:class:`~manyminds.population.families.NormRule`, looked up by ``config.model_type`` in
+:data:`~manyminds.population.families.RULES`; families not in the table get the structural
+rule, which reads the same from the module names. OLMo-2 has no block norm left: only
+``norms="final"`` works.
 
 Widths are read from ``normalized_shape``, then a partitioned weight's full shape (DeepSpeed
 ZeRO-3 keeps it in ``weight.ds_shape``), then the weight's shape; a norm whose width cannot be
@@ -35,16 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["BRANCH_OUTPUT_NORMS", "NORM_SELECTIONS", "NormLayer", "find_norm_layers", "hidden_size_of",
-           "unwrap_model"]
+from .families import rule_of
+
+__all__ = ["NORM_SELECTIONS", "NormLayer", "find_norm_layers", "hidden_size_of", "unwrap_model"]
 
 NORM_SELECTIONS = ("all", "blocks", "final")
 
-# Leaf names of norms that normalize a residual branch's output (post-norm / sandwich layouts).
-BRANCH_OUTPUT_NORMS = frozenset({"post_feedforward_layernorm", "post_self_attn_layernorm", "post_mlp_layernorm"})
-
-# Last path component of per-head query/key norms.
-_QK_NAMES = re.compile(r"^(q|k|query|key)_?(norm|layernorm|layer_norm|ln)$", re.IGNORECASE)
 # Class names of normalization layers (RMSNorm, LayerNorm and family-specific variants).
 _NORM_CLASS = re.compile(r"(Norm|NormGated)$")
 _NOT_NORM_CLASS = re.compile(r"(BatchNorm|GroupNorm|InstanceNorm|LocalResponseNorm)")
@@ -64,6 +58,8 @@ class NormLayer:
             ``"qk"`` (per-head query/key norm).
         block: the block index, or ``None`` outside the blocks.
         width: size of the normalized (last) dimension of the output.
+        gain: ``"w"`` or ``"1 + w"`` (the norm computes ``xhat * w`` or ``xhat * (1 + w)``), from
+            the family's rule; ``None`` for a family not in the table (the module is probed).
     """
 
     name: str
@@ -72,6 +68,7 @@ class NormLayer:
     kind: str
     block: int | None
     width: int
+    gain: str | None = None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -146,15 +143,6 @@ def _head_dim(model: nn.Module, hidden: int) -> int:
     return hidden // heads if isinstance(heads, int) and heads else hidden
 
 
-def _is_branch_output(name: str, all_names: set[str]) -> bool:
-    """Whether block norm ``name`` normalizes a residual branch's output (see the module docstring)."""
-    parent, _, leaf = name.rpartition(".")
-    if leaf in BRANCH_OUTPUT_NORMS:
-        return True
-    sibling = f"{parent}.post_feedforward_layernorm" if parent else "post_feedforward_layernorm"
-    return leaf == "post_attention_layernorm" and sibling in all_names
-
-
 def _block_index(name: str) -> int | None:
     for part in name.split("."):
         if part.isdigit():
@@ -182,6 +170,7 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
     if norms not in NORM_SELECTIONS:
         raise ValueError(f"norms must be one of {', '.join(map(repr, NORM_SELECTIONS))}, got {norms!r}")
     hidden = hidden_size_of(model)
+    rule = rule_of(unwrap_model(model))
     found: list[tuple[tuple, str, nn.Module, str, int | None, int]] = []
     norm_prefixes: list[str] = []
     named = list(model.named_modules())
@@ -197,21 +186,21 @@ def find_norm_layers(model: nn.Module, norms: str = "all", include_qk_norms: boo
         if any(name.startswith(p + ".") for p in norm_prefixes):
             continue
         norm_prefixes.append(name)
-        is_qk = bool(_QK_NAMES.match(parts[-1]))
+        is_qk = rule.is_qk(parts[-1])
         width = _width(module)
         if width is None:  # a weight sharded out of sight: a block/final norm has the hidden width
             width = _head_dim(model, hidden) if is_qk else hidden
         if not is_qk and width != hidden:
             continue
         block = _block_index(name)
-        if block is not None and not is_qk and _is_branch_output(name, all_names):
+        if block is not None and not is_qk and rule.is_branch_output(name, all_names):
             branch_outputs.append(name)
             continue
         kind = "qk" if is_qk else ("block" if block is not None else "final")
         sort_key = (block if block is not None else float("inf"), order)
         found.append((sort_key, name, module, kind, block, width))
     found.sort(key=lambda item: item[0])
-    layers = [NormLayer(name=n, module=m, key=i, kind=k, block=b, width=w)
+    layers = [NormLayer(name=n, module=m, key=i, kind=k, block=b, width=w, gain=rule.gain)
               for i, (_, n, m, k, b, w) in enumerate(found)]
     if not any(layer.kind != "qk" for layer in layers):
         inner = type(unwrap_model(model)).__name__

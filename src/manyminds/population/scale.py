@@ -11,10 +11,11 @@ units of each norm's gain:
     sigma_scale="weight":    sigma_l = sigma * rms(g_l),   rms(g) = sqrt(mean_i g_i^2)
 
 with ``g_l`` the norm's effective gain: its weight ``w``, or ``1 + w`` for Gemma-style norms that
-scale by ``1 + w``, and ``1`` for a norm without a weight. The resolution happens once, when the
-population is built; the per-layer sigmas are what :class:`~manyminds.population.spec.MindSpec`
-records, so exported checkpoints and vLLM workers rebuild the same offsets without knowing how
-they were chosen.
+scale by ``1 + w`` (the family's ``gain`` in :data:`~manyminds.population.families.RULES`; a
+family not in the table is probed), and ``1`` for a norm without a weight. The resolution
+happens once, when the population is built; the per-layer sigmas are what
+:class:`~manyminds.population.spec.MindSpec` records, so exported checkpoints and vLLM workers
+rebuild the same offsets without knowing how they were chosen.
 
 Multiplicative noise ``y * (1 + z)`` is already relative to the norm's output (its offset on
 channel ``i`` is ``y_i * z_i``), so ``sigma_scale="weight"`` with it is an error rather than a
@@ -32,28 +33,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
+from .families import uses_one_plus_weight
 from .norms import NormLayer
 
-__all__ = ["SIGMA_SCALES", "layer_scales", "norm_gain", "norm_gain_rms", "scales_by_one_plus_weight"]
+__all__ = ["SIGMA_SCALES", "layer_scales", "norm_gain", "norm_gain_rms"]
 
 SIGMA_SCALES = ("absolute", "weight")
-
-
-def scales_by_one_plus_weight(norm: nn.Module) -> bool:
-    """Whether ``norm`` computes ``xhat * (1 + w)`` (Gemma) rather than ``xhat * w``: probe it with
-    ``w = 0`` (the weight is restored, also after an error)."""
-    weight = norm.weight
-    saved = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.zero_()
-            x = torch.randn(2, weight.shape[-1], generator=torch.Generator().manual_seed(0)).to(weight)
-            return bool(norm(x).abs().max() > 0)
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
 
 
 def _readable_weight(layer: NormLayer) -> torch.Tensor | None:
@@ -77,11 +63,12 @@ def _readable_weight(layer: NormLayer) -> torch.Tensor | None:
 
 def norm_gain(layer: NormLayer) -> torch.Tensor | None:
     """The effective per-channel gain ``g`` of a norm (float64 ``[W]``): ``w``, or ``1 + w`` for a
-    norm that scales by ``1 + w``; ``None`` for a norm without a weight (gain 1)."""
+    norm that scales by ``1 + w`` (``layer.gain``); ``None`` for a norm without a weight (gain
+    1)."""
     w = _readable_weight(layer)
     if w is None:
         return None
-    return 1.0 + w if scales_by_one_plus_weight(layer.module) else w
+    return 1.0 + w if uses_one_plus_weight(layer.gain, layer.module) else w
 
 
 def norm_gain_rms(layer: NormLayer) -> float:
