@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 from manyminds.tasks import load_task
 
 

@@ -68,7 +68,7 @@ def test_adaptive_sigma_follows_the_controller(make_model, char_tokenizer, arith
         assert after["minds/sigma"] == pytest.approx(expected, rel=1e-6)
     assert steps[1]["minds/sigma"] != pytest.approx(sigma0)  # it moved
     # the trained population's specs carry the adapted sigma (what vLLM requests are built from)
-    assert trainer.population.spec(0).sigma == pytest.approx(trainer.population.base_sigma)
+    assert trainer.population.spec(0).sigma == pytest.approx((trainer.population.base_sigma,))
 
 
 @pytest.mark.parametrize("bad, match", [({"mind_kl_target": 0.0}, "mind_kl_target"),

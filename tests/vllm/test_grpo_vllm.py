@@ -39,7 +39,7 @@ def test_grpo_on_vllm_rollouts_changes_parameters_and_runs_minds(tiny_llama, tmp
     original = MindRolloutLLM.generate
 
     def record(self, prompts, sampling_params=None, **kwargs):
-        sent.append([int(m) for m in self._trainer._rollout_mind_ids.tolist()])
+        sent.append([-1 if spec is None else spec.mind for spec in self._specs])
         return original(self, prompts, sampling_params, **kwargs)
 
     monkeypatch.setattr(MindRolloutLLM, "generate", record)
@@ -76,15 +76,19 @@ def test_mind_requests_carry_the_rollout_minds(tiny_llama, tmp_path):
             return [{"model": "LlamaForCausalLM", "hidden_size": 128,
                      "selections": {"all": {"num_layers": 5, "keys": [0, 1, 2, 3, 4]}}}]
 
-    class FakeTrainer:
-        _rollout_mind_ids = torch.tensor([5, -1, 9])
-
     from manyminds.population import Population
 
     _, model, _ = tiny_llama
-    FakeTrainer.population = Population(model, sigma=0.1, seed=3)
+    population = Population(model, sigma=0.1, seed=3)
     fake = FakeLLM()
-    MindRolloutLLM(fake, FakeTrainer()).generate([{"prompt_token_ids": [1, 2]}] * 3, SamplingParams(max_tokens=4))
+    llm = MindRolloutLLM(fake)
+    rows, params = [{"prompt_token_ids": [1, 2]}] * 3, SamplingParams(max_tokens=4)
+    with pytest.raises(RuntimeError, match="inside MindRolloutLLM.minds"):
+        llm.generate(rows, params)  # outside a rollout call: no silent mean-model rollouts
+    with llm.minds([population.spec(5), None, population.spec(9)]):
+        with pytest.raises(RuntimeError, match="do not nest"), llm.minds([None] * 3):
+            pass
+        llm.generate(rows, params)
     minds = [None if p.extra_args is None else p.extra_args[EXTRA_ARGS_KEY]["mind"] for p in fake.params]
     assert minds == [5, None, 9]
     assert [("cache_salt" in r) for r in fake.rows] == [True, False, True]

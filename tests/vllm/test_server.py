@@ -8,7 +8,6 @@ import contextlib
 import functools
 import gc
 import http.server
-import inspect
 import os
 import signal
 import socket
@@ -234,31 +233,9 @@ def varied_reward(prompts, completions, **kwargs):
 
 
 @pytest.fixture
-def server_mode(monkeypatch):
-    """Wire server mode into PopulationGRPOConfig / PopulationGRPOTrainer if grpo.py does not yet."""
-    from manyminds.training import grpo, grpo_vllm, grpo_vllm_server
-
-    if "attach_server" in inspect.getsource(grpo):
-        return
-    check, attach, extension = grpo_vllm.check_vllm_config, grpo_vllm.attach, grpo_vllm.mind_extension_for_trl
-
-    def check_vllm_config(args):
-        if args.vllm_mode == "server":
-            grpo_vllm_server.check_server_config(args)
-        else:
-            check(args)
-
-    @contextlib.contextmanager
-    def mind_extension_for_trl():
-        with extension(), grpo_vllm_server.mind_client_for_trl():
-            yield
-
-    def attach_either(trainer):
-        (grpo_vllm_server.attach_server if trainer.args.vllm_mode == "server" else attach)(trainer)
-
-    monkeypatch.setattr(grpo_vllm, "check_vllm_config", check_vllm_config)
-    monkeypatch.setattr(grpo_vllm, "mind_extension_for_trl", mind_extension_for_trl)
-    monkeypatch.setattr(grpo_vllm, "attach", attach_either)
+def server_mode():
+    """Server mode is wired into PopulationGRPOConfig / PopulationGRPOTrainer (no patching needed)."""
+    return
 
 
 @contextlib.contextmanager
@@ -297,7 +274,10 @@ def train(tiny_llama, tmp_path, mode, server=None):
     def record(prompts, images, num_generations, profiler=None):
         out = inner(prompts, images, num_generations, profiler)
         logprobs = [[step[0] for step in row] for row in out[2]]
-        rollouts.append((trainer._rollout_mind_ids.tolist(), [list(ids) for ids in out[1]], logprobs, list(prompts)))
+        # the minds the engine was asked for: one spec per rollout row (prompt-major), None = the mean model
+        specs = generation.llm._specs if mode == "colocate" else generation.vllm_client._row_specs
+        ids = [-1 if spec is None else spec.mind for spec in specs]
+        rollouts.append((ids, [list(ids) for ids in out[1]], logprobs, list(prompts)))
         return out
 
     generation.generate = record

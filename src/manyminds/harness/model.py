@@ -31,6 +31,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import postprocess_generated_text
 
+from manyminds.upstream import check_overrides
+
 __all__ = ["ManyMindsLM", "vote_index"]
 
 _OWN_ARGS = ("sigma", "seed", "mind", "minds", "norms", "noise", "members", "member")
@@ -109,6 +111,7 @@ class ManyMindsLM(HFLM):
                  minds: int | None = None, norms: str = "all", noise: str = "additive",
                  members: str | None = None, member: int | None = None, device: str | None = None,
                  **kwargs):
+        check_overrides("lm_eval")  # _model_call, _model_generate below
         for key in kwargs:
             close = difflib.get_close_matches(key, _OWN_ARGS, n=1, cutoff=0.75)
             if close:

@@ -3,16 +3,18 @@
 A thin subclass of ``trl.GRPOTrainer`` (tested with TRL 1.16) that overrides it only at these
 points, always calling ``super()``:
 
-- ``_generate_single_turn``: assigns one mind id per rollout row (:func:`assign_minds`) and runs
-  TRL's own generation inside ``Population.minds(ids)``; evaluation rollouts come from the mean
-  model (mind ``-1`` on every row) unless ``mind_eval=True``, so TRL's eval reward measures the
-  model being trained;
-- ``_generate_and_score_completions``: puts the per-row ``mind_ids`` tensor in the batch dict, so
-  the ids travel with their rows through TRL's ``shuffle_sequence_dict``/``split_tensor_dict``;
-  makes the update the same on every engine (on vLLM, TRL's engine correction compares
-  log-probs under the *same* mind; the mean model's old log-probs replace them where the update
-  needs them); optionally weights the advantages by the truncated importance ratio mean-model /
-  mind; logs KL(mind || mean) of the rollouts and adapts sigma towards ``mind_kl_target``;
+- ``_generate_and_score_completions``: assigns one mind id per rollout row (:func:`assign_minds`),
+  which travels with its row: the rows TRL scores carry it as the column ``mind_id`` and the batch
+  TRL returns as ``mind_ids [B]`` (through TRL's ``shuffle_sequence_dict``/``split_tensor_dict``).
+  Evaluation rollouts come from the mean model (mind ``-1`` on every row) unless ``mind_eval=True``,
+  so TRL's eval reward measures the model being trained. It then makes the update the same on every
+  engine (on vLLM, TRL's engine correction compares log-probs under the *same* mind; the mean
+  model's old log-probs replace them where the update needs them); optionally weights the advantages
+  by the truncated importance ratio mean-model / mind; logs KL(mind || mean) of the rollouts and
+  adapts sigma towards ``mind_kl_target``;
+- ``_generate_single_turn``: runs TRL's own generation of the call's rows under their minds
+  (``Population.minds(ids)`` on transformers; on vLLM the engine's ``minds(specs)`` context, so each
+  request carries its row's spec);
 - ``_get_per_token_logps_and_entropies``: with ``mind_logprobs="mind"`` every log-prob pass
   (old, reference, current) runs each chunk of rows under exactly that chunk's minds; on vLLM the
   old pass always does;
@@ -22,14 +24,16 @@ points, always calling ``super()``:
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the mind counter, so a resumed run
   never reuses a fresh mind.
 
-TRL's metrics are all kept (every override calls ``super()``).
+TRL's metrics are all kept (every override calls ``super()``). Every private TRL / transformers
+method overridden here is listed, with the version it was checked against, in
+:mod:`manyminds.upstream`; the trainer checks their signatures when it is built.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,8 +41,9 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 
+from manyminds.files import atomic_write_text
+from manyminds.population import Population
 from manyminds.rewards import (
     check_reward_columns,
     completion_texts,
@@ -50,16 +55,18 @@ from manyminds.rl.assignment import assign_minds
 from manyminds.rl.functional import (
     adapted_sigma,
     group_unique_answers,
-    mind_log_weights,
     reward_by_mind,
-    truncated_importance_ratio,
     zero_variance_fraction,
 )
 from manyminds.rl.label_free import group_majority_rewards, strip_labels
 from manyminds.rl.rescue import splice_groups, zero_signal_groups
+from manyminds.upstream import check_overrides
 
 from .common import copy_run_id
 from .grpo_config import PopulationGRPOConfig
+from .grpo_corrections import MindCorrections
+from .grpo_vllm import attach, mind_extension_for_trl
+from .grpo_vllm_server import attach_server, mind_client_for_trl
 
 MIND_STATE_FILE = "mind_state.json"
 TESTED_TRL = (">=1.16", "<1.17")
@@ -68,6 +75,20 @@ TESTED_TRL = (">=1.16", "<1.17")
 # rows is model specific, so population GRPO is text-only.
 _MULTIMODAL_KWARGS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
                       "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+
+
+@dataclasses.dataclass
+class _RolloutMinds:
+    """The minds of one rollout call (alive only inside :meth:`PopulationGRPOTrainer._rollout_scope`).
+
+    Attributes:
+        ids: ``[B]`` mind of each local rollout row (``-1``: the mean model).
+        old_pass: on vLLM with TRL's engine correction, the minds of TRL's next log-prob pass (the old
+            one), consumed by it; ``None`` otherwise.
+    """
+
+    ids: torch.Tensor
+    old_pass: torch.Tensor | None = None
 
 
 def _column_names(dataset) -> list[str] | None:
@@ -90,7 +111,7 @@ def _check_dataset(dataset, reward_funcs: Sequence[Callable], label_free: bool, 
         check_reward_columns(reward_funcs, names)
 
 
-class PopulationGRPOTrainer(GRPOTrainer):
+class PopulationGRPOTrainer(MindCorrections, GRPOTrainer):
     """GRPO with a different mind per rollout (B-Trans population RL) and label-free majority-vote RL.
 
     Args:
@@ -110,6 +131,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
 
     def __init__(self, model, reward_funcs=None, args: PopulationGRPOConfig | None = None, train_dataset=None,
                  eval_dataset=None, **kwargs):
+        check_overrides("trl", "transformers")  # the private methods overridden below, before anything runs
         if args is None:
             args = PopulationGRPOConfig(output_dir="population-grpo")
         if not isinstance(args, PopulationGRPOConfig):
@@ -134,16 +156,14 @@ class PopulationGRPOTrainer(GRPOTrainer):
         _check_dataset(train_dataset, funcs, args.label_free, "train")
         _check_dataset(eval_dataset, funcs, args.label_free, "eval")
 
-        from .grpo_vllm import attach, mind_extension_for_trl  # vLLM rollouts: one mind per request
-        from .grpo_vllm_server import attach_server, mind_client_for_trl
-
         server = args.use_vllm and args.vllm_mode == "server"
         with (mind_extension_for_trl() if args.use_vllm else contextlib.nullcontext(),
               mind_client_for_trl() if server else contextlib.nullcontext()):
             super().__init__(model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, **kwargs)
-        if args.use_vllm:
-            (attach_server if server else attach)(self)
+        # vLLM: the engine's mind context (entered per generation call with that call's specs)
+        self._vllm_minds = (attach_server(self.vllm_generation, self.accelerator) if server
+                            else attach(self.vllm_generation)) if args.use_vllm else None
         if self._is_vlm:
             raise ValueError("PopulationGRPOTrainer supports text-only causal LMs")
         if args.mind_rescue_budget and self.accelerator.num_processes > 1:
@@ -153,30 +173,28 @@ class PopulationGRPOTrainer(GRPOTrainer):
         self.ref_population = self._make_population(self.ref_model) if self.ref_model is not None else None
         self._mind_calls = 0  # generation calls so far: the only state of the mind assignment
         self._eval_mind_calls = 0  # evaluation's own counter (mind_eval=True): training's minds never depend on it
-        self._rollout_mind_ids: torch.Tensor | None = None  # local rows of the batch being generated/scored
+        self._rollout: _RolloutMinds | None = None  # the rollout call under way (set by _rollout_scope only)
         self._logp_mind_ids: torch.Tensor | None = None  # rows of the log-prob pass under way (None = mean model)
-        self._old_pass_mind_ids: torch.Tensor | None = None  # vLLM: minds of TRL's next (old) log-prob pass
         self._last_kl: float | None = None  # rollouts' KL(mind || mean) of the last training generation
-        self._mind_call_rows: int | None = None  # during a rescue: the rows of the call being re-rolled
         self._backward_minds: contextlib.ExitStack | None = None  # minds kept active until backward is done
 
     # ------------------------------------------------------------------ population
 
     def _make_population(self, model):
         """The :class:`manyminds.population.Population` over ``model``'s norm layers."""
-        from manyminds.population import Population
-
         return Population(model, sigma=self.args.mind_sigma, seed=self.args.mind_seed, norms=self.args.mind_norms)
 
-    def _next_mind_ids(self, rows: int, mode: str = "train") -> torch.Tensor:
+    def _next_mind_ids(self, rows: int, mode: str = "train", call_rows: int | None = None) -> torch.Tensor:
         """Mind ids ``[rows]`` of the next generation call: assigned minds in training, ``-1`` (the mean
-        model) on every row in evaluation unless ``mind_eval=True``."""
+        model) on every row in evaluation unless ``mind_eval=True``.
+
+        ``call_rows``: a rescue re-roll of fewer rows takes the first ``rows`` ids of a whole call of
+        ``call_rows`` rows, so ids stay unique (:func:`assign_minds` numbers calls of equal size).
+        """
         if mode == "eval" and not self.args.mind_eval:
             return torch.full((rows,), -1, dtype=torch.long, device=self.accelerator.device)
         call = self._mind_calls if mode == "train" else self._eval_mind_calls
-        # A rescue re-roll of fewer rows takes the first rows of a whole call's ids: ids stay unique
-        # (assign_minds numbers calls of equal size).
-        size = max(rows, self._mind_call_rows or 0)
+        size = max(rows, call_rows or 0)
         ids = assign_minds(self.args.mind_assignment, call, size,
                            process_index=self.accelerator.process_index,
                            num_processes=self.accelerator.num_processes, pool_size=self.args.mind_pool_size)[:rows]
@@ -200,27 +218,43 @@ class PopulationGRPOTrainer(GRPOTrainer):
         finally:
             self._logp_mind_ids = previous
 
+    @contextlib.contextmanager
+    def _rollout_scope(self, ids: torch.Tensor):
+        """One rollout call of rows with minds ``ids [B]``: TRL's generation and scoring inside the block.
+
+        Inside it, generation runs row ``b`` under mind ``ids[b]`` (hooks on transformers, the request's
+        spec on vLLM) and TRL's log-prob passes follow the ``mind_logprobs`` rule; on vLLM with TRL's
+        engine correction the first (old) pass runs under the rollouts' minds (see
+        :meth:`_mind_corrections`). TRL 1.16 computes the old pass before the reference pass.
+        """
+        if self._rollout is not None:
+            raise RuntimeError("population GRPO: rollout calls do not nest")
+        mean = self._all_mean(ids)
+        old_pass = None if mean or not self._engine_correction() else ids
+        self._rollout = _RolloutMinds(ids=ids, old_pass=old_pass)
+        try:
+            with self._logps_under(None if mean or self.args.mind_logprobs != "mind" else ids):
+                yield
+        finally:
+            self._rollout = None
+
     # ------------------------------------------------------------------ TRL override points
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        mode = "train" if self.model.training else "eval"
-        ids = self._next_mind_ids(len(prompt_ids), mode)
-        self._rollout_mind_ids = ids
-        # Mean-model rollouts (evaluation by default) run without hooks: exactly the model being trained.
-        # vLLM rollouts carry their minds in the requests (grpo_vllm.MindRolloutLLM): no HF forward runs here.
-        hooks = not (self._all_mean(ids) or self.use_vllm)
-        with self.population.minds(ids) if hooks else contextlib.nullcontext():
-            out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                has_tool_images=has_tool_images)
-        # TRL computes old/reference log-probs right after generation, inside the same call.
-        self._logp_mind_ids = ids if self.args.mind_logprobs == "mind" and not self._all_mean(ids) else None
-        # On vLLM, TRL's first log-prob pass after generation gives the "old" log-probs that its engine
-        # correction compares with vLLM's sampling log-probs. vLLM sampled under each row's mind, so that
-        # pass runs under the same minds: the correction then measures engine numerics only, never
-        # p_mean / p_mind (whose product over a sequence would zero most rollouts). TRL 1.16 computes the
-        # old pass before the reference pass; the reference pass keeps the mind_logprobs rule.
-        self._old_pass_mind_ids = ids if self._engine_correction() and not self._all_mean(ids) else None
-        return out
+        if self._rollout is None or self._rollout.ids.numel() != len(prompt_ids):
+            raise RuntimeError(f"population GRPO: {len(prompt_ids)} rollout rows generated outside their rollout "
+                               "call (TRL changed where it generates?); see manyminds/upstream.py")
+        ids = self._rollout.ids
+        if self.use_vllm:  # the requests carry the minds (no HF forward runs here)
+            specs = [None if m == -1 else self.population.spec(m) for m in ids.tolist()]
+            context = self._vllm_minds.minds(specs)
+        elif self._all_mean(ids):  # mean-model rollouts (evaluation by default): exactly the model trained
+            context = contextlib.nullcontext()
+        else:
+            context = self.population.minds(ids)
+        with context:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images=has_tool_images)
 
     def _engine_correction(self) -> bool:
         """Whether TRL corrects vLLM-vs-trainer numerics (``use_vllm`` with its importance sampling on)."""
@@ -235,28 +269,31 @@ class PopulationGRPOTrainer(GRPOTrainer):
             output = self._rescue(inputs, output)
         return output
 
-    def _rollouts(self, inputs):
-        """TRL's generation and scoring of ``inputs`` with a mind per row, plus the population's corrections."""
-        try:
-            output = super()._generate_and_score_completions(inputs)
-            ids = self._rollout_mind_ids
-            if ids is None or ids.numel() != output["completion_ids"].size(0):
-                raise RuntimeError("population GRPO: mind ids were not assigned to every rollout row")
-            output["mind_ids"] = ids
-            if not self._all_mean(ids):  # rollouts of the mean model need no correction (ratio exactly 1)
-                self._mind_corrections(output)
-        finally:
-            self._rollout_mind_ids = None
-            self._logp_mind_ids = None
-            self._old_pass_mind_ids = None
+    def _rollouts(self, inputs, call_rows: int | None = None):
+        """TRL's generation and scoring of ``inputs`` with a mind per row, plus the population's corrections.
+
+        Each row gets its mind id as the column ``mind_id`` (reward functions see it, as any column) and
+        the batch TRL returns carries them as ``mind_ids [B]``.
+        """
+        mode = "train" if self.model.training else "eval"
+        ids = self._next_mind_ids(len(inputs), mode, call_rows)
+        rows = [{**row, "mind_id": m} for row, m in zip(inputs, ids.tolist())]
+        with self._rollout_scope(ids):
+            output = super()._generate_and_score_completions(rows)
+        if output["completion_ids"].size(0) != ids.numel():
+            raise RuntimeError(f"population GRPO: {ids.numel()} mind ids for {output['completion_ids'].size(0)} "
+                               "rollout rows")
+        output["mind_ids"] = ids
+        if not self._all_mean(ids):  # rollouts of the mean model need no correction (ratio exactly 1)
+            self._mind_corrections(output)
         return output
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                            **kwargs):
         ids = self._logp_mind_ids
-        if self._old_pass_mind_ids is not None:  # the old pass of a vLLM batch: under the rollouts' minds
-            ids, self._old_pass_mind_ids = self._old_pass_mind_ids, None
+        if self._rollout is not None and self._rollout.old_pass is not None:  # vLLM: the old pass, under minds
+            ids, self._rollout.old_pass = self._rollout.old_pass, None
         if self._all_mean(ids):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -316,100 +353,12 @@ class PopulationGRPOTrainer(GRPOTrainer):
                                                        device=rewards_per_func.device)
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [N]
-        mind_ids = self.accelerator.gather(self._rollout_mind_ids)  # [N]; -1 = the mean model
+        local = torch.tensor([row["mind_id"] for row in inputs], dtype=torch.long, device=rewards.device)
+        mind_ids = self.accelerator.gather(local)  # [N]; -1 = the mean model
         self._log_population_metrics(mode, final_answers(all_texts), rewards, mind_ids, num_generations)
         return rewards_per_func
 
     # ------------------------------------------------------------------ helpers
-
-    def _completion_logps(self, output: dict[str, Any], mind_ids: torch.Tensor | None) -> torch.Tensor:
-        """No-grad log-probs ``[B, C]`` of the batch's completion tokens, row ``b`` under ``mind_ids[b]``
-        (``None``: the mean model), chunked as TRL chunks its own passes."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)  # [B, P+C]
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        logits_to_keep = output["completion_ids"].size(1)
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-              self._logps_under(mind_ids)):
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size)
-        return logps
-
-    def _old_logps_needed(self) -> bool:
-        """TRL's rule without its vLLM clause: the update needs ``old_per_token_logps`` only when generation
-        and optimisation steps are misaligned (several iterations per generation, or a split buffer)."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        return self.args.gradient_accumulation_steps % generate_every != 0
-
-    def _mind_corrections(self, output: dict[str, Any]) -> None:
-        """The same update on every engine, for a batch whose rows were sampled by minds.
-
-        - vLLM: TRL's ``old_per_token_logps`` were taken under the rollouts' minds (so TRL's engine
-          correction compares like with like). With ``mind_logprobs="mean"`` the update's old log-probs
-          are the mean model's, as on transformers: replaced by the mean model's where TRL's own rule needs
-          them, else dropped (the loss then uses the current log-probs, detached, as on transformers).
-        - ``mind_importance_correction=c``: the advantages ``[B] -> [B, T]`` are weighted per token by
-          ``min(p_mean / p_mind, c)`` (trainer log-probs of both models).
-        - metrics (``mind_kl_metrics``): mean per-token KL(mind || mean), share of rollouts with sequence
-          weight ``p_mean / p_mind < 0.1``, share masked by TRL's engine correction.
-        """
-        ids = output["mind_ids"]
-        mean_mode = self.args.mind_logprobs == "mean"
-        old = output.get("old_per_token_logps")
-        mind_logps = mean_logps = None
-        if old is not None:  # TRL's old pass: under minds on vLLM or with mind_logprobs="mind", else the mean
-            if self._engine_correction() or not mean_mode:
-                mind_logps = old
-            else:
-                mean_logps = old
-        if self._engine_correction() and mean_mode:
-            output.pop("old_per_token_logps", None)
-        need_mean = self.args.mind_importance_correction is not None or self.args.mind_kl_metrics or (
-            self._engine_correction() and mean_mode and self._old_logps_needed())
-        need_mind = self.args.mind_importance_correction is not None or self.args.mind_kl_metrics
-        if need_mean and mean_logps is None:
-            mean_logps = self._completion_logps(output, None)
-        if need_mind and mind_logps is None:
-            mind_logps = self._completion_logps(output, ids)
-        if self._engine_correction() and mean_mode and self._old_logps_needed():
-            output["old_per_token_logps"] = mean_logps
-        mask = output["completion_mask"]
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        if self.args.mind_importance_correction is not None:
-            ratio = truncated_importance_ratio(mean_logps, mind_logps, mask, self.args.mind_importance_correction)
-            advantages = output["advantages"]
-            output["advantages"] = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * ratio
-            valid = mask.bool()
-            gathered = self.accelerator.gather(ratio[valid])
-            delta = self.accelerator.gather((mean_logps - mind_logps).abs()[valid])
-            if gathered.numel():
-                metrics["minds/importance_ratio/mean"].append(gathered.mean().item())
-                metrics["minds/importance_ratio/min"].append(gathered.min().item())
-                metrics["minds/logp_difference/mean"].append(delta.mean().item())
-        if self.args.mind_kl_metrics:
-            rows = ids != -1
-            diff = torch.where(mask.bool() & rows[:, None], (mind_logps - mean_logps).detach(),
-                               torch.zeros_like(mind_logps))
-            tokens = self.accelerator.gather((mask.bool() & rows[:, None]).sum().float().reshape(1)).sum()
-            kl = (self.accelerator.gather(diff.sum().double().reshape(1)).sum() / tokens.clamp(min=1)).item()
-            # gathered at the same shape [B] on every process (variable-length gathers would hang), then filtered
-            log_w = self.accelerator.gather(mind_log_weights(mean_logps, mind_logps, mask))
-            log_w = log_w[self.accelerator.gather(rows)]
-            metrics["minds/kl_mind_mean"].append(kl)
-            metrics["minds/frac_weight_below_0.1"].append((log_w < math.log(0.1)).float().mean().item()
-                                                          if log_w.numel() else float("nan"))
-            metrics["minds/sigma"].append(float(self.population.base_sigma or 0.0))
-            if mode == "train":
-                self._last_kl = kl
-        if self._engine_correction() and self.args.mind_kl_metrics:
-            is_ratio = output["importance_sampling_ratio"]  # [B, 1] (sequence modes) or [B, T]
-            if is_ratio.size(1) == 1:
-                masked = is_ratio[:, 0] == 0
-            else:  # token modes: a rollout is masked when every completion token is
-                masked = ((is_ratio == 0) | ~mask.bool()).all(dim=1) & mask.bool().any(dim=1)
-            metrics["minds/frac_masked"].append(self.accelerator.gather(masked.float()).mean().item())
 
     def _rescue(self, inputs, output: dict[str, Any]) -> dict[str, Any]:
         """Zero-variance rescue (``mind_rescue_budget``): re-roll the groups with no signal with fresh minds.
@@ -428,11 +377,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
         while groups and extra + g <= budget:
             take = groups[: (budget - extra) // g]
             rows = [inputs[i * g + j] for i in take for j in range(g)]
-            self._mind_call_rows = len(inputs)
-            try:
-                fresh = self._rollouts(rows)
-            finally:
-                self._mind_call_rows = None
+            fresh = self._rollouts(rows, call_rows=len(inputs))
             extra += len(rows)
             rescued = set(range(len(take))) - set(zero_signal_groups(fresh["advantages"], g))
             pairs = [(take[i], i) for i in sorted(rescued)]
@@ -455,9 +400,10 @@ class PopulationGRPOTrainer(GRPOTrainer):
         if target is None or self._last_kl is None:
             return
         sigma = adapted_sigma(self.population.base_sigma, self._last_kl, target, self.args.mind_kl_rate)
-        for population in (self.population, self.ref_population):
-            if population is not None:
-                population._set_sigma(sigma)
+        # between generations no mind is active: the populations are replaced (same noise, new sigma)
+        self.population = self.population.with_sigma(sigma)
+        if self.ref_population is not None:
+            self.ref_population = self.ref_population.with_sigma(sigma)
         self._last_kl = None
 
     def _log_population_metrics(self, mode: str, answers, rewards: torch.Tensor, mind_ids: torch.Tensor,
@@ -487,10 +433,7 @@ class PopulationGRPOTrainer(GRPOTrainer):
             copy_run_id(self.args.output_dir, folder)  # before mind_state.json: a complete checkpoint names its run
             state = {"mind_calls": self._mind_calls, "mind_seed": self.args.mind_seed,
                      "mind_sigma": self.args.mind_sigma, "mind_assignment": self.args.mind_assignment}
-            tmp = os.path.join(folder, MIND_STATE_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(state, f)
-            os.replace(tmp, os.path.join(folder, MIND_STATE_FILE))
+            atomic_write_text(os.path.join(folder, MIND_STATE_FILE), json.dumps(state))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

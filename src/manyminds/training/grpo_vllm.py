@@ -9,8 +9,9 @@ this module:
   (:mod:`manyminds.vllm.worker`), so its norms can take a mind per request;
 - :func:`attach` (after it): TRL's engine is wrapped in :class:`MindRolloutLLM`, whose
   ``generate`` turns TRL's one ``SamplingParams`` into one per rollout row carrying that row's
-  mind (the trainer's ``_rollout_mind_ids``, assigned exactly as for Hugging Face rollouts) and
-  salts each row's prefix cache with its mind.
+  mind and salts each row's prefix cache with its mind. The trainer hands the minds of each
+  generation call explicitly, ``with llm.minds(specs):`` around TRL's generation (specs of the ids
+  assigned exactly as for Hugging Face rollouts).
 
 The mind ids travel with the rollouts as before (``mind_ids`` in the batch dict). Log-probs: the
 update is the same as on transformers (``tests/vllm/test_grpo_engines.py``):
@@ -37,6 +38,7 @@ with its request (``docs/vllm.md``, "Server mode").
 
 from __future__ import annotations
 
+import contextlib
 import unittest.mock
 from collections.abc import Sequence
 
@@ -79,35 +81,50 @@ class MindRolloutLLM:
     """TRL's colocated ``vllm.LLM`` with one mind per rollout row.
 
     Every attribute is the engine's (``llm_engine`` for weight sync, ``reset_prefix_cache``, ...),
-    except ``generate``, which reads the trainer's current rollout mind ids.
+    except ``generate``, which sends prompt ``b`` with the spec ``specs[b]`` of the enclosing
+    :meth:`minds` block (``None``: a plain request, the mean model).
+
+        >>> with llm.minds(specs):  # the trainer, around TRL's generation of one rollout call
+        ...     trl_generation.generate(...)
     """
 
-    def __init__(self, llm, trainer):
+    def __init__(self, llm):
         self._llm = llm
-        self._trainer = trainer
+        self._specs: list | None = None
         self._checked = False
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
 
-    def generate(self, prompts: Sequence, sampling_params=None, **kwargs):
-        from manyminds.vllm.engine import _check_spec, engine_layout, mind_requests
+    @contextlib.contextmanager
+    def minds(self, specs: Sequence):
+        """Inside the block, ``generate`` sends one request per prompt with ``specs[b]``."""
+        if self._specs is not None:
+            raise RuntimeError("MindRolloutLLM.minds blocks do not nest")
+        self._specs = list(specs)
+        try:
+            yield
+        finally:
+            self._specs = None
 
-        ids = self._trainer._rollout_mind_ids
-        if ids is None or ids.numel() != len(prompts):
-            raise RuntimeError(f"population GRPO: {0 if ids is None else ids.numel()} mind ids for "
-                               f"{len(prompts)} vLLM rollout rows")
-        population = self._trainer.population
-        specs = [None if m == -1 else population.spec(m) for m in ids.tolist()]
+    def generate(self, prompts: Sequence, sampling_params=None, **kwargs):
+        from manyminds.vllm.admission import check_spec
+        from manyminds.vllm.engine import engine_layout, mind_requests
+
+        specs = self._specs
+        if specs is None or len(specs) != len(prompts):
+            raise RuntimeError(f"population GRPO: {0 if specs is None else len(specs)} minds for {len(prompts)} "
+                               "vLLM rollout rows (generate runs inside MindRolloutLLM.minds(specs))")
         if not self._checked and any(s is not None for s in specs):
-            _check_spec(next(s for s in specs if s is not None), engine_layout(self._llm))
+            check_spec(next(s for s in specs if s is not None), engine_layout(self._llm))
             self._checked = True
         rows, params = mind_requests(prompts, specs, sampling_params)
         return self._llm.generate(rows, params, **kwargs)
 
 
-def attach(trainer) -> None:
-    """Route ``trainer``'s colocated vLLM rollouts through :class:`MindRolloutLLM` (idempotent)."""
-    generation = trainer.vllm_generation
+def attach(generation) -> MindRolloutLLM:
+    """Route TRL's colocated vLLM rollouts (``trainer.vllm_generation``) through :class:`MindRolloutLLM`
+    (idempotent); returns it: its ``minds(specs)`` is the trainer's per-call mind context."""
     if not isinstance(generation.llm, MindRolloutLLM):
-        generation.llm = MindRolloutLLM(generation.llm, trainer)
+        generation.llm = MindRolloutLLM(generation.llm)
+    return generation.llm

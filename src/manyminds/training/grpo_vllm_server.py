@@ -9,9 +9,10 @@ vllm_mode="server", vllm_server_host=..., vllm_server_port=...)``.
 - :func:`mind_client_for_trl` (around ``trl.GRPOTrainer.__init__``): the ``VLLMClient`` TRL builds is a
   :class:`~manyminds.vllm.client.MindVLLMClient`, which fails within seconds when no server answers
   or when the server has no mind extension, and syncs weights over HTTP where NCCL is missing (CPUs);
-- :func:`attach_server` (after it): TRL's ``VLLMGeneration.generate`` first gathers every process'
-  rollout mind ids (``trainer._rollout_mind_ids``, assigned exactly as for colocated or Hugging Face
-  rollouts), then asks for its ``n`` completions per prompt with one mind per completion.
+- :func:`attach_server` (after it): a :class:`ServerMinds` whose ``minds(specs)`` the trainer enters
+  around TRL's generation of each rollout call: it gathers every process' specs (assigned exactly as
+  for colocated or Hugging Face rollouts), and TRL's ``n`` completions per prompt are then asked for
+  with one mind per completion.
 
 Everything else is TRL's: the main process sends the prompts and broadcasts the completions, the
 mind ids travel with the rows (``mind_ids`` in the batch), and TRL's importance-sampling correction
@@ -20,9 +21,11 @@ reads the log-probs the server returns under each row's mind (see :mod:`manymind
 
 from __future__ import annotations
 
+import contextlib
 import unittest.mock
+from collections.abc import Sequence
 
-__all__ = ["attach_server", "check_server_config", "mind_client_for_trl"]
+__all__ = ["ServerMinds", "attach_server", "check_server_config", "mind_client_for_trl"]
 
 
 def check_server_config(args) -> None:
@@ -49,49 +52,53 @@ def mind_client_for_trl():
     return unittest.mock.patch.object(vllm_generation, "VLLMClient", MindVLLMClient)
 
 
-def attach_server(trainer) -> None:
-    """Send each rollout row's mind with ``trainer``'s server-mode vLLM requests (idempotent).
+class ServerMinds:
+    """The mind context of TRL's server-mode generation (:func:`attach_server` builds it).
+
+    ``with server_minds.minds(specs):`` around TRL's generation of one rollout call: every process
+    passes its local rows' specs; the main process sends all of them, in process order as TRL
+    gathers the prompts, with its ``n`` completions per prompt, one mind per completion.
+    """
+
+    def __init__(self, generation, accelerator):
+        from manyminds.vllm.client import MindVLLMClient
+
+        if generation.mode != "server":
+            raise ValueError(f"attach_server is for vllm_mode='server', the trainer runs {generation.mode!r}")
+        self._is_main = accelerator.is_main_process
+        if self._is_main and not isinstance(getattr(generation, "vllm_client", None), MindVLLMClient):
+            raise RuntimeError("population GRPO in server mode needs manyminds' client: build the trainer inside "
+                               "manyminds.training.grpo_vllm_server.mind_client_for_trl()")
+        self._generation = generation
+        self._checked = False
+
+    @contextlib.contextmanager
+    def minds(self, specs: Sequence):
+        """Inside the block, TRL's server requests carry every process' ``specs`` (a collective)."""
+        from accelerate.utils import gather_object
+
+        all_specs = gather_object(list(specs))  # every process' rows, in process order (all processes call it)
+        if not self._is_main:
+            yield
+            return
+        client = self._generation.vllm_client
+        if not self._checked and any(s is not None for s in all_specs):
+            from manyminds.vllm.admission import check_spec
+
+            check_spec(next(s for s in all_specs if s is not None), client.layout)  # a model mismatch, before sending
+            self._checked = True
+        with client.row_minds(all_specs):
+            yield
+
+
+def attach_server(generation, accelerator) -> ServerMinds:
+    """The mind context of ``generation`` (TRL's ``trainer.vllm_generation`` in server mode; idempotent).
 
     Raises:
         RuntimeError: TRL's client is not a ``MindVLLMClient`` (the trainer was built outside
             :func:`mind_client_for_trl`).
     """
-    from accelerate.utils import gather_object
-
-    from manyminds.vllm.client import MindVLLMClient
-
-    generation = trainer.vllm_generation
-    if getattr(generation, "_manyminds_server", False):
-        return
-    if generation.mode != "server":
-        raise ValueError(f"attach_server is for vllm_mode='server', the trainer runs {generation.mode!r}")
-    is_main = trainer.accelerator.is_main_process
-    if is_main and not isinstance(getattr(generation, "vllm_client", None), MindVLLMClient):
-        raise RuntimeError("population GRPO in server mode needs manyminds' client: build the trainer inside "
-                           "manyminds.training.grpo_vllm_server.mind_client_for_trl()")
-    original = generation.generate
-    checked = False
-
-    def generate(prompts, images, num_generations, profiler=None):
-        nonlocal checked
-        ids = trainer._rollout_mind_ids
-        if ids is None or ids.numel() != len(prompts):
-            raise RuntimeError(f"population GRPO: {0 if ids is None else ids.numel()} mind ids for "
-                               f"{len(prompts)} vLLM rollout rows")
-        # Every process' rows in process order, as TRL gathers the prompts (a collective: all processes call it).
-        all_ids = gather_object(ids.tolist())
-        if not is_main:
-            return original(prompts, images, num_generations, profiler)
-        population = trainer.population
-        specs = [None if m == -1 else population.spec(m) for m in all_ids]
-        client = generation.vllm_client
-        if not checked and any(s is not None for s in specs):
-            from manyminds.vllm.engine import _check_spec
-
-            _check_spec(next(s for s in specs if s is not None), client.layout)  # a model mismatch, before sending
-            checked = True
-        with client.row_minds(specs):
-            return original(prompts, images, num_generations, profiler)
-
-    generation.generate = generate
-    generation._manyminds_server = True
+    minds = getattr(generation, "_manyminds_server", None)
+    if minds is None:
+        minds = generation._manyminds_server = ServerMinds(generation, accelerator)
+    return minds
