@@ -11,17 +11,23 @@ sees what ``manyminds sft ... --output_dir runs/sft`` wrote. Commands that are n
 ``SKIP`` with the reason. Long runs carry ``@pytest.mark.slow`` (``SLOW``, seconds measured on a shared
 2-core CPU); a command that needs the output of an earlier one names it in ``DEPENDS`` and runs it
 first when it has not run in this session (so ``-m slow`` alone works too).
+
+CI (the default, non-slow run) still runs the slow sft / dpo / grpo examples in a fast form
+(``FAST``): the same command or script with its step count cut by exact text replacements, then
+the examples that read its output, in a fresh folder; the files the docs say the chain writes must
+be there. The full-length runs stay slow-marked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -91,6 +97,46 @@ DEPENDS: dict[str, list[str]] = {
     ],  # eval --model runs/pop/final <- grpo --output_dir runs/pop
     "docs/ensemble.md:block5.3": ["docs/ensemble.md:block5.0"],  # uncertainty runs/sft <- sft
     "docs/rl.md:block1.5": ["docs/rl.md:block1.0"],  # eval --model runs/pop/final <- grpo
+}
+
+
+@dataclass(frozen=True)
+class Fast:
+    """The fast form of a slow example: ``replace`` pairs ``(old, new)`` (each ``old`` occurs once
+    in the example), the examples run after it in the same folder (``then``), and the files the
+    chain writes (``writes``: path and, for a ``.jsonl``, its number of rows or ``None``)."""
+
+    replace: tuple[tuple[str, str], ...]
+    then: tuple[str, ...] = ()
+    writes: tuple[tuple[str, int | None], ...] = ()
+
+
+def _members(folder: str, k: int = 4) -> tuple[tuple[str, None], ...]:
+    """``folder/members/member_{k}``: a PEFT adapter each (README: "hold every member")."""
+    return tuple((f"{folder}/members/member_{i}/{name}", None) for i in range(k)
+                 for name in ("adapter_config.json", "adapter_model.safetensors"))
+
+
+# Slow example id -> its fast form, run in CI (measured under load on a shared 2-core CPU: 15-30 s
+# a command, mostly start-up). One dpo, one sft and two grpo (script and CLI) examples.
+FAST: dict[str, Fast] = {
+    "README.md:block7.2": Fast(  # manyminds dpo at its default max_steps -> 2 steps
+        (("--output_dir runs/dpo", "--output_dir runs/dpo --max_steps 2"),),
+        writes=(("runs/dpo/checkpoint-2/checkpoint_complete", None),
+                ("runs/dpo/manyminds_ensemble.json", None), *_members("runs/dpo"))),
+    "docs/ensemble.md:block5.0": Fast(  # manyminds sft (the docs' short flag names), 200 -> 2 steps
+        (("--steps 200", "--steps 2"),), then=("docs/ensemble.md:block5.3",),
+        writes=(("runs/sft/checkpoint-2/checkpoint_complete", None), *_members("runs/sft"),
+                # manyminds uncertainty runs/sft --task conflict --n 128 --output per_example.jsonl
+                ("per_example.jsonl", 128))),
+    "README.md:block8": Fast(  # PopulationGRPOTrainer, 20 -> 2 steps
+        (("max_steps=20", "max_steps=2"),),
+        writes=(("runs/pop/checkpoint-2/model.safetensors", None),
+                ("runs/pop/checkpoint-2/mind_state.json", None))),
+    "README.md:block9.1": Fast(  # manyminds grpo, 20 -> 2 steps, then manyminds eval on its final
+        (("--max_steps 20", "--max_steps 2"),), then=("README.md:block9.5",),
+        writes=(("runs/pop/final/model.safetensors", None), ("runs/eval/results.json", None),
+                ("runs/eval/results.jsonl", None))),  # docs/rl.md: what manyminds eval writes
 }
 
 
@@ -183,6 +229,13 @@ def test_markers_and_lists_point_at_real_things():
     ]
     assert not unknown, f"SLOW/DEPENDS ids that are not examples: {unknown}"
     assert len(EXAMPLES) > 10
+    # a fast form stands in for a slow example; what runs after it needs nothing else first
+    assert [i for i in FAST if i not in SLOW] == [], "FAST ids must be SLOW examples"
+    for eid, fast in FAST.items():
+        assert all(t in BY_ID and t not in SLOW for t in fast.then), f"FAST[{eid!r}]: {fast.then}"
+        for t in fast.then:
+            extra = set(_all_deps(t)) - {eid, *fast.then}
+            assert not extra, f"FAST[{eid!r}]: {t} also needs {sorted(extra)}; add them to then"
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -266,3 +319,37 @@ def test_doc_example(ex: Example, home: Path, bash_dirs: dict, tmp_path: Path):
             bash_dirs["done"].add(dep)
     _run(ex, cwd, home)
     bash_dirs["done"].add(ex.id)
+
+
+def _fast_code(ex: Example) -> str:
+    code = ex.code
+    for old, new in FAST[ex.id].replace:
+        assert code.count(old) == 1, f"FAST[{ex.id!r}]: {old!r} not once in the example; fix FAST"
+        code = code.replace(old, new)
+    return code
+
+
+def _check_written(cwd: Path, path: str, rows: int | None) -> None:
+    file = cwd / path
+    if not (file.is_file() and file.stat().st_size > 0):
+        there = next(d for d in file.parents if d.is_dir())  # the deepest folder that exists
+        pytest.fail(f"{path} was not written; {there.relative_to(cwd.parent)} holds "
+                    f"{sorted(os.listdir(there))}")
+    if file.suffix == ".json":
+        json.loads(file.read_text())
+    elif file.suffix == ".jsonl":
+        lines = [json.loads(line) for line in file.read_text().splitlines()]
+        assert lines and rows in (None, len(lines)), f"{path}: {len(lines)} rows, not {rows}"
+
+
+@pytest.mark.parametrize("eid", list(FAST))
+def test_doc_example_fast(eid: str, home: Path, tmp_path: Path):
+    """The slow example ``eid`` in its fast form, then the examples that read its output, in one
+    fresh folder; then the files the docs say they write."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the docs run from a clone's root
+    _run(replace(BY_ID[eid], code=_fast_code(BY_ID[eid])), tmp_path, home)
+    for then in FAST[eid].then:
+        _run(BY_ID[then], tmp_path, home)
+    for path, rows in FAST[eid].writes:
+        _check_written(tmp_path, path, rows)
+

@@ -1,6 +1,8 @@
-"""Run by tests/scaleout/test_scaleout.py under ``accelerate launch`` with 2 CPU processes.
+"""Run by tests/scaleout/test_scaleout.py: ``accelerate launch`` with 2 CPU processes, or alone.
 
-``python worker.py OUT JOB [JOB ...]`` trains each job for 2 steps on a tiny random Qwen2:
+``python worker.py OUT JOB [JOB ...]`` trains each job for 2 steps on a tiny random Qwen2, with a
+global batch of ``GLOBAL_BATCH`` rows per step whatever the number of processes (``WORLD_SIZE``,
+set by the launcher; a plain ``python worker.py`` is the one-process reference, same global batch):
 
 - ``grpo``: population GRPO, full fine-tuning, label-free, log-probs under each rollout's mind;
 - ``grpo_lora``: the same with a PEFT LoRA adapter (``peft_config``);
@@ -10,8 +12,9 @@ The parallelism comes from the launcher: DDP (``ACCELERATE_USE_CPU=1 --multi_gpu
 (``--use_fsdp --fsdp_version 1|2``) or DeepSpeed (``--use_deepspeed --deepspeed_config_file``,
 ZeRO-3); without a GPU, :mod:`cpu_fsdp` lets accelerate shard CPU processes over gloo. Each rank writes
 ``OUT/JOB.rank{r}.json`` (how its model is sharded, norm widths seen on the wrapped model, logged
-history); rank 0 also writes ``OUT/JOB.pt`` with the initial and final full (gathered) parameters
-and a probe: logits of one prompt under minds / members, computed by the wrapped model.
+history; for GRPO the prompt, mind and completion of every local rollout row); rank 0 also writes
+``OUT/JOB.pt`` with the initial and final full (gathered) parameters and a probe: logits of one
+prompt under minds / members, computed by the wrapped model.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ if (FSDP or DEEPSPEED) and not torch.cuda.is_available():
 from torch import nn
 
 from manyminds import rewards
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
 from manyminds.population import Population, find_norm_layers
 from manyminds.tasks import load_task
 from manyminds.training import (
@@ -43,20 +44,46 @@ from manyminds.training import (
     RenyiSFTConfig,
     RenyiSFTTrainer,
 )
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 
 PROBE = "Q: 12+7=\nA:"
 # A random model never writes "####": take the first character as the final answer so that the
 # majority reward (computed over groups gathered from both processes) has a signal.
 rewards.extract_answer = lambda text: text[:1] or None
 
+# Rows per optimizer step over all processes: each of W processes takes GLOBAL_BATCH / W (GRPO:
+# rollouts of one generation call, one prompt x num_generations; SFT: examples).
+GLOBAL_BATCH = 4
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))
+if GLOBAL_BATCH % WORLD:
+    raise SystemExit(f"worker.py: {WORLD} processes cannot split a global batch of {GLOBAL_BATCH}; "
+                     f"launch 1, 2 or 4")
+PER_DEVICE = GLOBAL_BATCH // WORLD
+
 # (mind ids, grad enabled) of every Population.minds context entered while training
 MIND_CALLS: list[tuple[list[int], bool]] = []
 _minds = Population.minds
+# per generation call: the local rows' prompt and completion token ids and mind ids
+ROLLOUTS: list[dict] = []
+_generate_and_score = PopulationGRPOTrainer._generate_and_score_completions
 
 
 def _recording_minds(self, ids):
     MIND_CALLS.append((torch.as_tensor(ids).tolist(), torch.is_grad_enabled()))
     return _minds(self, ids)
+
+
+def _recording_rollouts(self, inputs):
+    out = _generate_and_score(self, inputs)
+
+    def rows(ids, mask):  # [B, T] -> the unpadded rows
+        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+    ROLLOUTS.append({"prompts": rows(out["prompt_ids"], out["prompt_mask"]),
+                     "minds": out["mind_ids"].tolist(),
+                     "completions": rows(out["completion_ids"], out["completion_mask"])})
+    return out
 
 
 def common_args(out: str) -> dict:
@@ -134,33 +161,43 @@ def run_grpo(out: str, job: str, lora: bool) -> None:
         from peft import LoraConfig
 
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    args = PopulationGRPOConfig(**common_args(os.path.join(out, job)), per_device_train_batch_size=2,
-                                num_generations=4, steps_per_generation=1, max_completion_length=6,
+    # Greedy rollouts: a row's completion is then a function of its prompt and its mind alone, so
+    # a run on W processes and the one-process run roll out the same completions. (Sampling draws
+    # every process's rows from its own copy of one seeded stream, which no other layout
+    # reproduces.) The minds alone make the rollouts of a group differ.
+    args = PopulationGRPOConfig(**common_args(os.path.join(out, job)),
+                                per_device_train_batch_size=PER_DEVICE, num_generations=4,
+                                steps_per_generation=1, max_completion_length=6,
+                                generation_kwargs={"do_sample": False},
                                 learning_rate=0.1, mind_sigma=0.5, label_free=True, mind_logprobs="mind",
                                 mind_kl_metrics=False)  # the test counts minds contexts: generation, loss
     trainer = PopulationGRPOTrainer(model, args=args, train_dataset=load_task("arith", n=8), processing_class=tok,
                                     **kwargs)
     init = {_clean(n): p.detach().clone() for n, p in trainer.model.named_parameters()}
     MIND_CALLS.clear()
+    ROLLOUTS.clear()
     Population.minds = _recording_minds
+    PopulationGRPOTrainer._generate_and_score_completions = _recording_rollouts
     try:
         trainer.train()
     finally:
         Population.minds = _minds
+        PopulationGRPOTrainer._generate_and_score_completions = _generate_and_score
     shards = sharding(trainer)  # before the probe's forward (FSDP2 keeps the root unsharded after it)
     wrapped = trainer.model_wrapped
     wrapped.eval()
     ids = tok([PROBE], return_tensors="pt")["input_ids"].repeat(3, 1)  # [3, T]
     with torch.no_grad(), trainer.population.minds([0, 1, -1]):
         probe = wrapped(input_ids=ids).logits[:, -1].float()  # [3, V]: minds 0, 1 and the mean model
-    finish(out, job, trainer, init, probe, started, shards, mind_calls=list(MIND_CALLS))
+    finish(out, job, trainer, init, probe, started, shards, mind_calls=list(MIND_CALLS),
+           rollouts=list(ROLLOUTS))
 
 
 def run_sft(out: str, job: str = "sft") -> None:
     started = time.time()
     tok = build_tokenizer()
     args = RenyiSFTConfig(**common_args(os.path.join(out, job)), num_members=2, r=4, alpha=0.8, init="diverse",
-                          per_device_train_batch_size=2, learning_rate=1e-2,
+                          per_device_train_batch_size=PER_DEVICE, learning_rate=1e-2,
                           # ZeRO-3 partitions the members outside forward, where the prior is computed:
                           # the trainer refuses a prior there
                           prior_weight=0.0 if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else 0.1,

@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from manyminds.charlm import VOCAB_SIZE
+from manyminds.zoo.charlm import VOCAB_SIZE
 from manyminds.ensemble import EnsembleLoRA
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.tasks import load_task
 from manyminds.training import RenyiSFTConfig, RenyiSFTTrainer
 from manyminds.training.callbacks import DeadMemberMonitor, reinit_member

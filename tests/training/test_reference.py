@@ -27,8 +27,8 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from tokenizers import processors
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig, RenyiSFTTrainer
 
 trl = pytest.importorskip("trl")

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 from manyminds.tasks import load_task
 from manyminds.training import RenyiSFTConfig, RenyiSFTTrainer
 from manyminds.training.common import COMPLETE_MARKER, MEMBERS_DIR, last_checkpoint

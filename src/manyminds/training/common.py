@@ -30,9 +30,12 @@ from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from manyminds.ensemble.lora import EnsembleLoRA, EnsembleLoRAConfig
+from manyminds.ensemble.config import EnsembleLoRAConfig
+from manyminds.ensemble.model import EnsembleLoRA
 from manyminds.ensemble.objectives import effective_members, gaussian_prior, responsibility_entropy
-from manyminds.rows import completion_logits_to_keep
+from manyminds.files import atomic_write_text
+from manyminds.rows import completion_logits_to_keep, pad_id_of
+from manyminds.upstream import check_overrides
 
 from .callbacks import DeadMemberMonitor, reinit_member
 
@@ -132,12 +135,16 @@ class RenyiTrainingArguments(EnsembleArguments, TrainingArguments):
     :class:`RenyiDPOConfig`.
 
     Defaults differing from ``TrainingArguments``: ``learning_rate=1e-4``, ``remove_unused_columns=False``
-    (the collator needs the tokenized columns), ``report_to="none"``.
+    (the collator needs the tokenized columns), ``report_to="none"``. ``trust_remote_code`` is where
+    TRL's configs have it (the trainers take a loaded model; ``manyminds sft`` / ``dpo`` load it).
     """
 
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA members."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "External loggers."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Let transformers run the model repository's own code when the model is loaded by name "
+                "(as TRL's SFTConfig / DPOConfig; only for repositories you trust)."})
 
     def __post_init__(self):
         check_training_numbers(self)  # before transformers' own checks, which accept impossible numbers
@@ -208,6 +215,7 @@ class EnsembleTrainerMixin:
         """The shared ``__init__``: wrap ``model`` in an ensemble, tokenize the datasets with
         ``prepare(dataset, tokenizer, max_length)``, default to ``collator(pad_id)``, then
         ``Trainer.__init__`` on the ensemble."""
+        check_overrides("transformers")  # _save, _load_from_checkpoint, _load_best_model below
         if processing_class is None:
             raise ValueError(f"{type(self).__name__} needs processing_class=<tokenizer>")
         if train_dataset is not None:
@@ -216,9 +224,7 @@ class EnsembleTrainerMixin:
             eval_dataset = prepare(eval_dataset, processing_class, args.max_length)
         # wrap the model only once the datasets are valid: a refused dataset leaves it untouched
         self.ensemble = build_ensemble(model, args)
-        pad = processing_class.pad_token_id
-        pad = processing_class.eos_token_id if pad is None else pad
-        kwargs.setdefault("data_collator", collator(pad))
+        kwargs.setdefault("data_collator", collator(pad_id_of(processing_class)))
         super().__init__(model=self.ensemble, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by GA steps
@@ -294,7 +300,7 @@ class EnsembleTrainerMixin:
         return prior
 
     @torch.no_grad()
-    def _record_routing(self, responsibilities: torch.Tensor, member_nll: torch.Tensor,
+    def _record_routing(self, responsibilities: torch.Tensor, member_nll_sum: torch.Tensor, count: torch.Tensor,
                         prior: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Per-step metrics: per-member NLL, responsibility entropy, effective members, routing.
 
@@ -311,6 +317,11 @@ class EnsembleTrainerMixin:
         else:                                                   # mean over each example's completion tokens
             weight = mask.to(w.dtype)                           # [B, T]
             w_seq = (w * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+        # every process' examples (a collective: each process records every step), so the metrics are
+        # the global batch's, as on one process: member_nll[k] = sum of NLLs / count over all processes
+        w_seq = self.accelerator.gather(w_seq.detach().T.contiguous()).T       # [K, B_global]
+        sums = self.accelerator.gather(member_nll_sum.detach().double().reshape(1, -1)).sum(0)   # [K]
+        member_nll = sums / self.accelerator.gather(count.detach().double().reshape(1)).sum().clamp_min(1.0)
         m["responsibility_entropy"].append(responsibility_entropy(w_seq).mean().item())
         m["effective_members"].append(effective_members(w_seq).mean().item())
         m["prior"].append(float(prior))
@@ -425,18 +436,12 @@ class CheckpointCompletionCallback(TrainerCallback):
             return
         folder = self._folder(state)
         copy_run_id(args.output_dir, folder)  # before the marker: a complete checkpoint names its run
-        tmp = os.path.join(folder, COMPLETE_MARKER + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{state.global_step}\n")
-        os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
+        atomic_write_text(os.path.join(folder, COMPLETE_MARKER), f"{state.global_step}\n")
 
 
 def write_run_id(folder: str | os.PathLike, run_id: str, **extra) -> None:
     """Write ``folder/run_id.json`` = ``{"run_id": run_id, **extra}`` atomically (temp file + rename)."""
-    path = os.path.join(folder, RUN_ID_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"run_id": run_id, **extra}, f)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(os.path.join(folder, RUN_ID_FILE), json.dumps({"run_id": run_id, **extra}))
 
 
 def read_run_id(folder: str | os.PathLike) -> str | None:

@@ -114,9 +114,9 @@ class RenyiDPOTrainer(EnsembleTrainerMixin, Trainer):
         loss = loss + prior
         with torch.no_grad():
             margin = self.args.beta * ((chosen - ref_logps[:B]) - (rejected - ref_logps[B:]))  # [K, B]
-            bt_nll = torch.nn.functional.softplus(-margin).mean(1)                 # [K]
+            bt_nll_sum = torch.nn.functional.softplus(-margin).sum(1)              # [K]
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["rewards/margin"].append(margin.mean().item())
             self._metrics[mode]["rewards/accuracy"].append((margin > 0).float().mean().item())
-        self._record_routing(w, bt_nll, prior.detach())
+        self._record_routing(w, bt_nll_sum, torch.tensor(float(B), device=bt_nll_sum.device), prior.detach())
         return (loss, outputs) if return_outputs else loss

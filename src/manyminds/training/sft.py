@@ -111,5 +111,5 @@ class RenyiSFTTrainer(EnsembleTrainerMixin, Trainer):
         prior = self._prior()
         loss = loss + prior
         n_tokens = mask.sum().clamp_min(1.0)
-        self._record_routing(w, -token_logps.detach().sum((1, 2)) / n_tokens, prior.detach(), mask=mask)
+        self._record_routing(w, -token_logps.detach().sum((1, 2)), n_tokens, prior.detach(), mask=mask)
         return (loss, outputs) if return_outputs else loss
