@@ -12,7 +12,7 @@ from rich.console import Console
 from tokenizers.processors import TemplateProcessing
 from typer.testing import CliRunner
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.cli import app
 from manyminds.evaluation import (
     EvalConfig,
@@ -22,7 +22,7 @@ from manyminds.evaluation import (
     tokenize_prompts,
 )
 from manyminds.evaluation.report import conditions_table
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.tasks import load_task
 
 runner = CliRunner()

@@ -90,3 +90,26 @@ def test_paired_bootstrap_difference_interval_and_p_value():
     _, _, p_small = paired_bootstrap(c, b, n_boot=20_000, seed=0)
     assert p_small > 0.3
     assert p_small == pytest.approx(scipy_stats.ttest_rel(c, b).pvalue, abs=0.25)
+
+
+def test_auroc_and_its_interval_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    from manyminds.evaluation.stats import auroc, auroc_interval
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(30, int), np.zeros(50, int)]
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties count one half
+    assert auroc(scores, labels) == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-12)
+    value, (lo, hi) = auroc_interval(scores, labels, n_boot=2_000, seed=0)
+    assert value == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-12)
+    # reference: sklearn's AUROC on stratified resamples drawn here, independently
+    ref_rng = np.random.default_rng(1)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    ref = []
+    for _ in range(2_000):
+        idx = np.r_[ref_rng.choice(pos, pos.size), ref_rng.choice(neg, neg.size)]
+        ref.append(metrics.roc_auc_score(labels[idx], scores[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ref, [0.025, 0.975])), abs=0.02)
+    assert lo < value < hi
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        auroc_interval([0.1, 0.2], [1, 1])

@@ -4,9 +4,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.cli import app
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 
 runner = CliRunner()
 

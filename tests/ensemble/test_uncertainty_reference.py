@@ -30,7 +30,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
 from manyminds.ensemble import (
     EnsembleLoRA,
     mixture_generate,
@@ -38,7 +38,7 @@ from manyminds.ensemble import (
     token_uncertainty,
 )
 from manyminds.evaluation.ensemble import evaluate_ensemble
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.rows import encode_pair, pad_left, pad_rows, tokenize_prompts
 
 K = 3
@@ -201,3 +201,24 @@ def test_evaluate_ensemble_matches_reference(setup, batch_size):
         seq = _reference_completion(ens, ids[b], masks[b])
         assert out.reference_epistemic[b] == pytest.approx(seq["epistemic"], abs=1e-9)
         assert out.logp_variance[b] == pytest.approx(seq["logp_variance"], rel=1e-5, abs=1e-6)
+
+
+def test_a_new_score_is_one_entry_of_the_table(setup, monkeypatch):
+    """Adding an uncertainty score is one entry of manyminds.ensemble.scores.SCORES: evaluation, its
+    records and the summary's AUROC all pick it up (here: the largest token entropy of the mixture)."""
+    import manyminds.evaluation.ensemble as evaluation_ensemble
+    from manyminds.ensemble.scores import SCORES, UncertaintyScore
+
+    ens, tok, _, refs = setup
+    table = (*SCORES, UncertaintyScore("max_total", "steps", lambda u: u["total"].max().item()))
+    monkeypatch.setattr(evaluation_ensemble, "SCORES", table)
+    monkeypatch.setattr("manyminds.ensemble.scores.SCORES", table)
+    data = Dataset.from_list([{"prompt": p} for p in PROMPTS])
+    out = evaluate_ensemble(ens, tok, data, batch_size=3, max_new_tokens=MAX_NEW)
+    want = [max(ref["total"]) for ref in refs]
+    assert out.max_total == pytest.approx(want, abs=TOL)
+    assert [r["uncertainty"]["max_total"] for r in out.records()] == pytest.approx(want, abs=TOL)
+    labels = [0, 1] + [0] * (len(PROMPTS) - 2)
+    assert "auroc_max_total" in out.summary(labels)
+    with pytest.raises(ValueError, match="source must be one of"):
+        UncertaintyScore("x", "tokens", max)

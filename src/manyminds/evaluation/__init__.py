@@ -5,7 +5,10 @@
 - :mod:`.scoring`: the one scorer (``####`` answers, pass@k, majority@k, unique answers, diversity).
 - :mod:`.core`: :func:`evaluate` (``manyminds eval``, ``manyminds demo``, the evidence scripts).
 - :mod:`.ensemble`: :func:`evaluate_ensemble` (``manyminds uncertainty``).
-- :mod:`.report`: 80-column tables, ``results.jsonl`` (one row per prompt), plots.
+- :mod:`.intervals`: Wilson / bootstrap intervals of every condition and paired tests (exact McNemar,
+  paired bootstrap) against greedy and temperature sampling; :mod:`.stats` the formulas.
+- :mod:`.seeds`: :func:`evaluate_seeds` (``--seeds N``: new minds and sampling seeds per run).
+- :mod:`.report`: 80-column tables, ``results.jsonl`` (one row per prompt and seed), plots.
 """
 
 from .core import EvalConfig, EvalResult, build_records, condition_plan, evaluate, read_prompts

@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from manyminds.ensemble.scores import SCORES, score_names
+
 from .core import build_records, read_prompts
 from .generation import check_context, pad_id_of, pad_left, tokenize_prompts
 from .scoring import ConditionScores, score_condition
 
 __all__ = ["EnsembleEvaluation", "evaluate_ensemble"]
-
-_UNCERTAINTY = ("epistemic", "max_epistemic", "total", "aleatoric", "disagreement", "reference_epistemic",
-                "logp_variance")
 
 
 @dataclass
@@ -41,8 +40,8 @@ class EnsembleEvaluation:
         member_correct: ``[K][N]`` 1/0 (empty without an ``answer`` column).
         majority, majority_correct, agreement: majority vote over members.
         mixture_answer, mixture_correct: greedy mixture decoding.
-        epistemic, max_epistemic, total, aleatoric, disagreement, reference_epistemic,
-            logp_variance: uncertainty scores (see the module docstring).
+        scores: per-prompt uncertainty scores ``{name: [N]}`` of :data:`manyminds.ensemble.scores.SCORES`,
+            also readable as attributes (``result.epistemic``).
     """
 
     conditions: list[ConditionScores] = field(default_factory=list)
@@ -55,13 +54,13 @@ class EnsembleEvaluation:
     agreement: list[float] = field(default_factory=list)
     mixture_answer: list[str | None] = field(default_factory=list)
     mixture_correct: list[float] = field(default_factory=list)
-    epistemic: list[float] = field(default_factory=list)
-    max_epistemic: list[float] = field(default_factory=list)
-    total: list[float] = field(default_factory=list)
-    aleatoric: list[float] = field(default_factory=list)
-    disagreement: list[float] = field(default_factory=list)
-    reference_epistemic: list[float] = field(default_factory=list)
-    logp_variance: list[float] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in score_names()})
+
+    def __getattr__(self, name: str):
+        scores = self.__dict__.get("scores")
+        if scores is not None and name in scores:
+            return scores[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def summary(self, labels: list[int] | None = None) -> dict[str, float]:
         """Accuracies, mean uncertainties, AURC of selective answering, and AUROCs against ``labels``."""
@@ -70,8 +69,8 @@ class EnsembleEvaluation:
         def mean(xs):
             return float(sum(xs) / len(xs)) if xs else float("nan")
 
-        out = {"n": float(len(self.majority)), "mean_epistemic": mean(self.epistemic),
-               "mean_max_epistemic": mean(self.max_epistemic), "mean_disagreement": mean(self.disagreement)}
+        out = {"n": float(len(self.majority))}
+        out.update({f"mean_{s.name}": mean(self.scores[s.name]) for s in SCORES if s.risk_coverage})
         if self.mixture_correct:
             out["mixture_accuracy"] = mean(self.mixture_correct)
             out["majority_accuracy"] = mean(self.majority_correct)
@@ -80,10 +79,10 @@ class EnsembleEvaluation:
             out["aurc_max_epistemic"] = risk_coverage(self.max_epistemic, self.mixture_correct)["aurc"]
             out["accuracy_at_full_coverage"] = mean(self.mixture_correct)
         if labels is not None and 0 < sum(labels) < len(labels):
-            for name in ("epistemic", "max_epistemic", "disagreement", "reference_epistemic", "logp_variance"):
-                values = getattr(self, name)
-                if values:
-                    out[f"auroc_{name}"] = auroc(values, labels)
+            for score in SCORES:
+                values = self.scores[score.name]
+                if score.auroc and values:
+                    out[f"auroc_{score.name}"] = auroc(values, labels)
         return out
 
     def records(self, label: str | None = None, labels: Sequence[int] | None = None) -> list[dict]:
@@ -91,7 +90,7 @@ class EnsembleEvaluation:
         completions, answers, votes and correctness (``members``: one entry per member id)."""
         extra = []
         for i in range(len(self.prompts)):
-            row = {"uncertainty": {name: getattr(self, name)[i] for name in _UNCERTAINTY if getattr(self, name)}}
+            row = {"uncertainty": {name: values[i] for name, values in self.scores.items() if values}}
             if label is not None and labels is not None:
                 row[label] = bool(labels[i])
             extra.append(row)
@@ -121,7 +120,6 @@ def evaluate_ensemble(ensemble, tokenizer, dataset, batch_size: int = 32, max_ne
         progress: called with the number of prompts done after each batch.
     """
     from manyminds.ensemble import (
-        answer_disagreement,
         generate_members,
         mixture_generate,
         sequence_uncertainty,
@@ -151,18 +149,18 @@ def evaluate_ensemble(ensemble, tokenizer, dataset, batch_size: int = 32, max_ne
             text, n = _until_eos(tokenizer, mix.sequences[b, T:])
             mixture_grid.append([text])
             u = {key: value[b, :n] for key, value in mix.uncertainty.items()}  # [n] each
-            out.epistemic.append(u["epistemic"].mean().item())
-            out.max_epistemic.append(u["epistemic"].max().item())
-            out.total.append(u["total"].mean().item())
-            out.aleatoric.append(u["aleatoric"].mean().item())
+            for score in SCORES:
+                if score.source == "steps":
+                    out.scores[score.name].append(score.reduce(u))
         if completions is not None:
             pairs = [encode_pair(tokenizer, p, c, None) for p, c in zip(chunk, completions[start:start + batch_size])]
             ids = pad_rows([p["input_ids"] for p in pairs], pad).to(device)
             attn = pad_rows([[1] * len(p["input_ids"]) for p in pairs], 0).to(device)
             comp = pad_rows([p["completion_mask"] for p in pairs], 0).to(device)
             seq = sequence_uncertainty(ensemble, ids, attn, comp)
-            out.reference_epistemic.extend(seq["epistemic"].tolist())
-            out.logp_variance.extend(seq["logp_variance"].tolist())
+            for score in SCORES:
+                if score.source == "reference":
+                    out.scores[score.name].extend(score.reduce(seq))
         if progress is not None:
             progress(min(start + batch_size, len(prompts)))
     members_c = score_condition("members", "members", member_grid, answers, draw_ids=list(range(K)))
@@ -171,7 +169,9 @@ def evaluate_ensemble(ensemble, tokenizer, dataset, batch_size: int = 32, max_ne
     out.member_answers = [[r["answers"][k] for r in members_c.per_prompt] for k in range(K)]
     out.majority = [r["majority"] for r in members_c.per_prompt]
     out.agreement = [r["agreement"] for r in members_c.per_prompt]
-    out.disagreement = answer_disagreement(out.member_answers)  # [N]
+    for score in SCORES:
+        if score.source == "answers":
+            out.scores[score.name] = list(score.reduce(out.member_answers))  # [N]
     out.mixture_answer = [r["answers"][0] for r in mixture_c.per_prompt]
     if answers is not None:
         out.member_correct = [[r["correct"][k] for r in members_c.per_prompt] for k in range(K)]

@@ -56,6 +56,9 @@ def generate_completions(model, tokenizer, prompts: Sequence, *, max_new_tokens:
             (``[N]``, one id per row, ``-1`` = the mean model) row ``b`` runs mind ``mind_ids[b]``.
         progress: called with the number of rows finished after each batch.
 
+    Warns :class:`~manyminds.population.MindCollapseWarning` when most minds' completions are
+    degenerate repetition (:func:`~manyminds.population.collapse.warn_if_collapsed`).
+
     Returns:
         ``[N]`` completion strings.
     """
@@ -87,4 +90,8 @@ def generate_completions(model, tokenizer, prompts: Sequence, *, max_new_tokens:
                     progress(enc["input_ids"].shape[0])
     finally:
         model.train(was_training)
+    if population is not None:  # as Population.generate: warn when most minds' answers are repetition
+        from manyminds.population.collapse import warn_if_collapsed
+
+        warn_if_collapsed(texts, list(mind_ids))
     return texts

@@ -12,7 +12,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["conditions_markdown", "conditions_table", "json_safe", "plot_risk_coverage", "plot_sweep", "write_json",
+__all__ = ["comparisons_markdown", "comparisons_table", "conditions_markdown", "conditions_table",
+           "intervals_markdown", "intervals_table", "json_safe", "plot_risk_coverage", "plot_sweep", "write_json",
            "write_jsonl", "write_plot", "write_text"]
 
 
@@ -61,6 +62,88 @@ def conditions_markdown(conditions) -> str:
                      f"{c.unique_answers:.2f} | {_num(c.semantic_diversity)} | {_num(c.distinct_2)} | "
                      f"{_num(c.self_bleu)} | {c.seconds:.1f} |")
     return "\n".join(lines)
+
+
+_METRIC_NAMES = {"pass_at_1": "pass@1", "pass_at_k": "pass@k", "majority_at_k": "maj@k"}
+
+
+def _ci(entry: dict) -> str:
+    """``[59.2, 81.5]``: an interval in percent."""
+    return f"[{entry['low']:.1%}, {entry['high']:.1%}]".replace("%", "")
+
+
+def _diff(row: dict) -> str:
+    """``+13.3 [+1.7, +25.0]``: a difference and its interval in percentage points."""
+    return f"{100 * row['diff']:+.1f} [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def intervals_caption(intervals: dict, confidence: float, seeds: int = 1) -> str:
+    """One line: the level and which interval each cell is (:mod:`manyminds.evaluation.intervals`)."""
+    over = f" of the per-problem scores averaged over {seeds} seeds" if seeds > 1 else ""
+    return (f"{confidence:.0%} intervals in %: Wilson for 0/1 per-problem scores, else a percentile bootstrap "
+            f"over problems{over}")
+
+
+def intervals_table(intervals: dict, confidence: float = 0.95, seeds: int = 1, title: str | None = None):
+    """A rich ``Table`` of :func:`~manyminds.evaluation.intervals.condition_intervals`: one row per
+    condition, the pass@1 / pass@k / maj@k intervals in percent (fits 80 columns)."""
+    from rich.table import Table
+
+    table = Table(title=title or f"{confidence:.0%} intervals", title_justify="left",
+                  caption=intervals_caption(intervals, confidence, seeds), caption_justify="left")
+    table.add_column("condition", no_wrap=True)
+    for metric in ("pass_at_1", "pass_at_k", "majority_at_k"):
+        table.add_column(f"{_METRIC_NAMES[metric]} {confidence:.0%} CI", justify="right", no_wrap=True)
+    for name, per in intervals.items():
+        table.add_row(short_name(name), *(_ci(per[m]) for m in ("pass_at_1", "pass_at_k", "majority_at_k")))
+    return table
+
+
+def comparisons_caption(seeds: int = 1) -> str:
+    return ("Δ in points, paired on the same problems; p: exact McNemar for 0/1 per-problem outcomes, paired "
+            "bootstrap otherwise" + (f" (scores seed-averaged over {seeds} seeds)" if seeds > 1 else ""))
+
+
+def comparisons_table(rows: Sequence[dict], confidence: float = 0.95, seeds: int = 1, title: str | None = None):
+    """A rich ``Table`` of :func:`~manyminds.evaluation.intervals.paired_comparisons` rows: condition,
+    baseline, metric, ``Δ [CI]`` in points and the p-value (fits 80 columns)."""
+    from rich.table import Table
+
+    table = Table(title=title or "paired differences", title_justify="left", caption=comparisons_caption(seeds),
+                  caption_justify="left")
+    for col in ("condition", "vs", "metric"):
+        table.add_column(col, no_wrap=True)
+    table.add_column(f"Δ [{confidence:.0%} CI]", justify="right", no_wrap=True)
+    table.add_column("p", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(short_name(row["condition"]), short_name(row["baseline"]), _METRIC_NAMES[row["metric"]],
+                      _diff(row), _p(row["p"]))
+    return table
+
+
+def intervals_markdown(intervals: dict, confidence: float = 0.95, seeds: int = 1) -> str:
+    """:func:`intervals_table` as markdown, with the method of each interval."""
+    head = (f"| condition | pass@1 | {confidence:.0%} CI | pass@k | {confidence:.0%} CI | maj@k | "
+            f"{confidence:.0%} CI | method (pass@1, pass@k, maj@k) |")
+    lines = [head, "|" + "---|" * 8]
+    for name, per in intervals.items():
+        cells = [f"{_pct(per[m]['value'])} | {_ci(per[m])}" for m in ("pass_at_1", "pass_at_k", "majority_at_k")]
+        methods = ", ".join(per[m]["method"] for m in ("pass_at_1", "pass_at_k", "majority_at_k"))
+        lines.append(f"| {name} | {' | '.join(cells)} | {methods} |")
+    return intervals_caption(intervals, confidence, seeds) + "\n\n" + "\n".join(lines)
+
+
+def comparisons_markdown(rows: Sequence[dict], confidence: float = 0.95, seeds: int = 1) -> str:
+    """:func:`comparisons_table` as markdown, with the test of each p-value."""
+    lines = [f"| condition | vs | metric | Δ [{confidence:.0%} CI] (points) | p | test |", "|" + "---|" * 6]
+    for row in rows:
+        lines.append(f"| {row['condition']} | {row['baseline']} | {_METRIC_NAMES[row['metric']]} | {_diff(row)} | "
+                     f"{_p(row['p'])} | {row['test']} |")
+    return comparisons_caption(seeds) + "\n\n" + "\n".join(lines)
 
 
 def write_text(path, text: str) -> Path:

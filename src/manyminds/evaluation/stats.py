@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_interval", "mcnemar_exact", "paired_bootstrap", "wilson_interval"]
+__all__ = ["auroc", "auroc_interval", "bootstrap_interval", "mcnemar_exact", "paired_bootstrap", "wilson_interval"]
 
 
 def _z(confidence: float) -> float:
@@ -130,6 +130,54 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     # tolerance: a resample equal to the observed value must count despite float rounding
     extreme = int((np.abs(means - obs) >= abs(obs) - 1e-12).sum())
     return obs, (float(lo), float(hi)), (1 + extreme) / (1 + n_boot)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels == 1`` against ``labels == 0``.
+
+    The Mann-Whitney statistic with ties counted one half::
+
+        AUROC = (1 / (n1 n0)) * sum_{i: y=1} sum_{j: y=0} (1[s_i > s_j] + 0.5 * 1[s_i = s_j])
+
+    (= ``sklearn.metrics.roc_auc_score``).
+    """
+    s, y = _scored(scores, labels)
+    pos, neg = s[y], s[~y]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()  # [n1, n0]
+    return float(greater / (pos.size * neg.size))
+
+
+def auroc_interval(scores: Sequence[float], labels: Sequence[int], confidence: float = 0.95, n_boot: int = 2_000,
+                   seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """:func:`auroc` and its stratified percentile bootstrap interval over examples.
+
+    Each of ``n_boot`` resamples (``numpy.random.default_rng(seed)``) draws the ``n1`` positive and the
+    ``n0`` negative examples with replacement separately (so every resample has both classes); the
+    interval is the ``(1 -/+ confidence) / 2`` quantiles of the resamples' AUROCs.
+    """
+    _z(confidence)
+    s, y = _scored(scores, labels)
+    pos, neg = s[y], s[~y]
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        p, n = pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
+        stats[b] = ((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()) / (p.size * n.size)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return auroc(s, y), (float(lo), float(hi))
+
+
+def _scored(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels)
+    if s.ndim != 1 or s.shape != y.shape:
+        raise ValueError(f"scores and labels must be 1-d of one length, got {s.shape} and {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0/1")
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("AUROC needs at least one positive and one negative label")
+    return s, y
 
 
 def _paired(a, b) -> tuple[np.ndarray, np.ndarray]:
