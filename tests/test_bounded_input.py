@@ -1,16 +1,24 @@
 """Bounded input: oversized rows are refused at load with file and line, prompts are checked
 against the model's context before generating, and many minds are generated in batches."""
 
+import csv
 import json
 
 import pytest
 import torch
 
-from manyminds.charlm import VOCAB_SIZE
 from manyminds.evaluation import generate_completions
-from manyminds.models import random_model
 from manyminds.population import Population
-from manyminds.rows import MAX_FIELD_CHARS, check_context, check_jsonl_sizes, tokenize_prompts
+from manyminds.rows import (
+    MAX_FIELD_CHARS,
+    check_context,
+    check_csv_sizes,
+    check_jsonl_sizes,
+    check_parquet_sizes,
+    tokenize_prompts,
+)
+from manyminds.zoo.charlm import VOCAB_SIZE
+from manyminds.zoo.models import random_model
 
 
 @pytest.fixture
@@ -42,6 +50,87 @@ def test_conversation_fields_are_measured_per_message(tmp_path):
     check_jsonl_sizes(path, max_chars=80)
     with pytest.raises(ValueError, match=r"chat.jsonl:1: field 'prompt' has 80 characters, over the limit of 79"):
         check_jsonl_sizes(path, max_chars=79)
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_csv_row_over_limit_is_refused_with_file_line_and_row(tmp_path):
+    # row 2 holds a quoted field over two lines, so row 3 starts on line 5 (header, 1, 2, 2, 3)
+    path = write_csv(tmp_path / "data.csv", ["prompt", "answer"],
+                     [["Q: 1+1 A:", "2"], ["a\nb" + "x" * 40, "3"], ["5", "y" * 101]])
+    assert path.read_text().count("\n") == 5
+    check_csv_sizes(path, max_chars=101)  # exactly at the limit: nothing to say
+    with pytest.raises(ValueError) as err:
+        check_csv_sizes(path, max_chars=100)
+    assert str(err.value).startswith(f"{path}:5 (row 3): field 'answer' has 101 characters, over "
+                                     f"the limit of 100;")
+    assert "\n" not in str(err.value)
+    # a field over the csv module's own limit (131072) is measured, not a csv error; the module's
+    # limit is restored afterwards
+    limit = csv.field_size_limit()
+    big = write_csv(tmp_path / "big.csv", ["prompt"], [["p"], ["7" * 200_000]])
+    with pytest.raises(ValueError, match=r"big.csv:3 \(row 2\): field 'prompt' has 200000 chara"):
+        check_csv_sizes(big, max_chars=150_000)
+    check_csv_sizes(big, max_chars=200_000)
+    assert csv.field_size_limit() == limit
+
+
+def test_parquet_row_over_limit_is_refused_with_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    messages = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "z" * 80}], [],
+                None, None]
+    prompts = ["a", "b", "c", None, "w" * 90]
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3, 4, 5], "prompt": prompts, "messages": messages}), path)
+    check_parquet_sizes(path, max_chars=90)
+    # rows counted across batches of 2: row 5 is the first row of the third batch
+    with pytest.raises(ValueError, match=r"data.parquet: row 5: field 'prompt' has 90 characters, "
+                                         r"over the limit of 89;"):
+        check_parquet_sizes(path, max_chars=89, batch_size=2)
+    # a conversation is measured per message (the longest content), as in JSONL
+    with pytest.raises(ValueError, match=r"data.parquet: row 2: field 'messages' has 80 chara"):
+        check_parquet_sizes(path, max_chars=79, batch_size=2)
+    dictionary = tmp_path / "dict.parquet"  # a dictionary-encoded string column is decoded first
+    pq.write_table(pa.table({"text": pa.array(["ok", "q" * 30]).dictionary_encode()}), dictionary)
+    with pytest.raises(ValueError, match=r"dict.parquet: row 2: field 'text' has 30 characters"):
+        check_parquet_sizes(dictionary, max_chars=29)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_cli_data_loader_refuses_an_oversized_row_in_each_format(tmp_path, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from manyminds.cli.common import CLIError, load_rows
+
+    def write(name, prompts):
+        path = tmp_path / f"{name}{suffix}"
+        rows = [{"prompt": p, "completion": " 2"} for p in prompts]
+        if suffix == ".jsonl":
+            write_jsonl(path, rows)
+        elif suffix == ".csv":
+            write_csv(path, ["prompt", "completion"], [[r["prompt"], " 2"] for r in rows])
+        else:
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        return path
+
+    ok = write("ok", ["Q: 1+1\nA:", "Q: 2+0\nA:"])
+    assert load_rows(None, str(ok), "train", None, 0)["prompt"] == ["Q: 1+1\nA:", "Q: 2+0\nA:"]
+    big = write("big", ["Q: 1+1\nA:", "7" * (MAX_FIELD_CHARS + 1)])
+    # the csv row 1 spans lines 2-3 (its prompt holds a newline), so row 2 starts on line 4
+    where = {".jsonl": "big.jsonl:2", ".csv": r"big.csv:4 \(row 2\)",
+             ".parquet": "big.parquet: row 2"}[suffix]
+    with pytest.raises(CLIError, match=rf"{where}: field 'prompt' has {MAX_FIELD_CHARS + 1} "
+                                       rf"characters, over the limit of {MAX_FIELD_CHARS}; "):
+        load_rows(None, str(big), "train", None, 0)
 
 
 def test_bundled_task_loader_refuses_an_oversized_row(tmp_path):

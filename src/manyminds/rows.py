@@ -6,14 +6,16 @@
   :class:`~manyminds.ensemble.EnsembleLoRA`);
 - prompts: plain text or TRL conversations (lists of ``{"role", "content"}`` messages), normalised by
   :func:`prompt_list` and tokenised once, the way TRL 1.16's GRPOTrainer does, by
-  :func:`tokenize_prompts` (generation, evaluation and the population all use it), left-padded by
-  :func:`pad_left`;
+  :func:`tokenize_prompts` (generation, evaluation, calibration, the population and mixture
+  decoding all use it), left-padded by :func:`pad_left` with :func:`pad_id_of` (the one pad policy);
 - tokenised training rows: prompt + completion with a completion mask, tokenised as TRL 1.16's
   SFTTrainer / DPOTrainer do (the chat template applied once to the whole conversation, the
   prompt part found as the common prefix), prompts cut from the left (:func:`encode_completions`,
-  :func:`encode_pair`), right-padded by :func:`pad_rows`;
+  :func:`encode_pair`; the trainers, critical alpha and member scoring in transformers and vLLM),
+  right-padded by :func:`pad_rows`;
 - bounded input: rows over :data:`MAX_FIELD_CHARS` characters are refused when a file is read
-  (:func:`check_row_sizes`, :func:`check_jsonl_sizes`) and before tokenising; prompts plus
+  (:func:`check_row_sizes`; per file :func:`check_file_sizes`, i.e. :func:`check_jsonl_sizes`,
+  :func:`check_csv_sizes`, :func:`check_parquet_sizes`) and before tokenising; prompts plus
   ``max_new_tokens`` are checked against the model's context before generating
   (:func:`check_context`);
 - log-probs of selected tokens ``[N, L]`` from logits ``[N, T, V]`` in blocks, without a float32
@@ -29,11 +31,22 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["LOGPS_BLOCK_ELEMENTS", "MAX_FIELD_CHARS", "check_context", "check_jsonl_sizes", "check_row_ids",
+from manyminds.row_sizes import (
+    MAX_FIELD_CHARS,
+    check_csv_sizes,
+    check_file_sizes,
+    check_jsonl_sizes,
+    check_parquet_sizes,
+    check_prompt_chars,
+    check_row_sizes,
+)
+
+__all__ = ["LOGPS_BLOCK_ELEMENTS", "MAX_FIELD_CHARS", "check_context", "check_csv_sizes",
+           "check_file_sizes", "check_jsonl_sizes", "check_parquet_sizes", "check_row_ids",
            "check_row_sizes", "common_prefix_length", "encode_completions", "encode_pair",
-           "expand_row_ids", "has_chat_template", "is_conversational", "logit_blocks", "pad_id_of", "pad_left",
-           "pad_rows", "prompt_list", "selected_log_probs", "sequence_token_logps", "tokenize_prompts",
-           "truncate_prompt_left", "user_message"]
+           "expand_row_ids", "has_chat_template", "is_conversational", "logit_blocks", "pad_id_of",
+           "pad_left", "pad_rows", "prompt_list", "selected_log_probs", "sequence_token_logps",
+           "tokenize_prompts", "truncate_prompt_left", "user_message"]
 
 
 def check_row_ids(ids, what: str = "mind") -> torch.Tensor:
@@ -168,65 +181,6 @@ def _chat_ids(tokenizer, conversations: list[list[dict]], add_generation_prompt:
     return [list(ids) for ids in out["input_ids"]]
 
 
-# ------------------------------------------------------------------------------ bounded input
-MAX_FIELD_CHARS = 1_000_000
-"""Most characters one text field of a row (a prompt, a completion, a message) may hold. A 20 MB
-prompt line takes about a minute and 8 GB to tokenise before any context check can see it, so
-sizes are checked on characters first, where it is cheap."""
-
-
-def _text_chars(value) -> int:
-    """Characters of a field: a string's length, the longest message content of a conversation."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, (list, tuple)):
-        return max((_text_chars(v) for v in value), default=0)
-    if isinstance(value, dict):
-        return max((_text_chars(v) for v in value.values()), default=0)
-    return 0
-
-
-def check_row_sizes(row: dict, where: str, max_chars: int = MAX_FIELD_CHARS) -> None:
-    """Raise ``ValueError`` when a field of ``row`` holds over ``max_chars`` characters.
-
-    ``where`` starts the one-line message (``"data.jsonl:12"``, ``"row 3"``).
-    """
-    for field, value in row.items():
-        n = _text_chars(value)
-        if n > max_chars:
-            raise ValueError(f"{where}: field {field!r} has {n} characters, over the limit of {max_chars}; "
-                             f"shorten or drop the row (the limit is max_chars)")
-
-
-def check_jsonl_sizes(path, max_chars: int = MAX_FIELD_CHARS) -> None:
-    """Refuse a JSONL file with a row over ``max_chars`` characters in one field, naming file and line.
-
-    Streams the file: a line no longer than ``max_chars`` cannot hold a longer field, so only the
-    long lines are parsed. Lines that are not JSON objects are left to the loader to report.
-    """
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if len(line) <= max_chars:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                check_row_sizes(row, f"{path}:{number}", max_chars)
-
-
-def _check_prompt_chars(prompts: list, max_chars: int) -> None:
-    """Refuse a prompt over ``max_chars`` characters before the tokenizer spends minutes on it."""
-    for i, prompt in enumerate(prompts):
-        n = _text_chars(prompt)
-        if n > max_chars:
-            raise ValueError(f"prompt {i} has {n} characters, over the limit of {max_chars}; shorten it "
-                             f"(no model context holds it)")
-
-
 def check_context(config, prompt_lengths: Sequence[int], max_new_tokens: int | None) -> None:
     """Refuse prompts that do not fit the model's context with the tokens to generate.
 
@@ -267,7 +221,7 @@ def tokenize_prompts(tokenizer, prompts, max_chars: int = MAX_FIELD_CHARS) -> li
         ``[N]`` lists of ids.
     """
     prompts = prompt_list(prompts)
-    _check_prompt_chars(prompts, max_chars)
+    check_prompt_chars(prompts, max_chars)
     if is_conversational(prompts[0]):
         return _chat_ids(tokenizer, prompts, add_generation_prompt=True)
     return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]

@@ -21,7 +21,7 @@ Rows (TRL's columns)::
     id, category
 
 A reply is scored by :func:`manyminds.tasks.short_answer.is_correct` (an accepted answer named in
-its first sentence, not negated); :func:`~manyminds.tasks.short_answer.short_answer_reward` is the
+its first sentence, not negated); :func:`~manyminds.rewards.short_answer_reward` is the
 same as a TRL reward. There is no worked ``completion``: the set is for evaluation and RL.
 
 Splits: ``dev`` (about a third, for choosing settings such as sigma) and ``test`` (held out). A

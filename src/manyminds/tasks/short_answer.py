@@ -35,10 +35,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from typing import Any
 
-__all__ = ["first_sentence", "is_correct", "names_answer", "normalize_text", "reply_key",
-           "short_answer_reward"]
+__all__ = ["first_sentence", "is_correct", "names_answer", "normalize_text", "reply_key"]
 
 ARTICLES = frozenset({"a", "an", "the"})
 NEGATIONS = frozenset({"not", "no", "never", "isnt", "arent", "wasnt", "werent", "doesnt", "dont",
@@ -167,26 +165,3 @@ def reply_key(reply: str | None) -> str | None:
     """
     key = normalize_text(first_sentence(reply))
     return key or None
-
-
-def short_answer_reward(prompts: Sequence[Any], completions: Sequence[Any],
-                        accepted: Sequence[Any] | None = None, answer: Sequence[Any] | None = None,
-                        **kwargs) -> list[float]:
-    """TRL reward: 1.0 when the completion names an accepted answer (:func:`is_correct`), else 0.0.
-
-    ``r_i = 1[is_correct(c_i, A_i)]`` with ``A_i`` the row's ``accepted`` list (the ``facts``
-    task's column) or, without that column, ``[answer_i]``. Completions are strings or TRL's
-    conversational message lists.
-    """
-    from manyminds.rewards import _answers, completion_text
-
-    if accepted is not None:
-        golds = _answers({"answer": accepted}, len(completions), "short_answer_reward")
-        golds = [[g] if isinstance(g, str) else list(g) for g in golds]
-    else:
-        answers = _answers({"answer": answer}, len(completions), "short_answer_reward")
-        golds = [[str(a)] for a in answers]
-    return [float(is_correct(completion_text(c), g)) for c, g in zip(completions, golds)]
-
-
-short_answer_reward.requires_answer = True

@@ -16,11 +16,11 @@ def load_jsonl(data_files: dict, **_unused):
     Raises:
         FileNotFoundError: a file does not exist (the message names it and the YAML key).
         ValueError: a line is not a JSON object, or a field holds over
-            :data:`manyminds.rows.MAX_FIELD_CHARS` characters (the message names the file and line).
+            :data:`manyminds.row_sizes.MAX_FIELD_CHARS` characters (the message names the file and line).
     """
     import datasets
 
-    from manyminds.rows import check_row_sizes
+    from manyminds.row_sizes import check_row_sizes
 
     if not isinstance(data_files, dict) or not data_files:
         raise ValueError("dataset_kwargs.data_files must map split names to JSONL files, e.g. {test: arith_test.jsonl}")
