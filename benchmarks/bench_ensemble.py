@@ -53,7 +53,7 @@ def _peak_rss_mib() -> float:
 def _build(size: str, device: str, dtype_name: str):
     import torch
 
-    from manyminds.models import random_model
+    from manyminds.zoo.models import random_model
 
     family, overrides = SIZES[size]
     dtype = getattr(torch, dtype_name)

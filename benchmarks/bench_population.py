@@ -26,13 +26,13 @@ import time
 
 import torch
 
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.population import Population
 
 
 def build_model(size: str, device: str, dtype: torch.dtype):
     if size == "tiny":
-        from manyminds.charlm import VOCAB_SIZE
+        from manyminds.zoo.charlm import VOCAB_SIZE
         from manyminds.zoo import ZOO
 
         entry = ZOO["tiny-arith"]  # the default model's shape (random weights: speed only)

@@ -28,8 +28,8 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
 from manyminds.tasks import load_task
 

@@ -54,7 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.population import Population
 
 
@@ -387,7 +387,7 @@ def _grpo_tables(args, kinds: list[str], s: dict, steps: dict[str, list[dict]], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", help="tiny or a manyminds.models shape (qwen2-0.5b, llama-1b)")
+    parser.add_argument("--size", default="tiny", help="tiny or a manyminds.zoo.models shape (qwen2-0.5b, llama-1b)")
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--minds", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=32)

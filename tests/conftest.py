@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from manyminds.models import TINY_FAMILIES, random_model
+from manyminds.zoo.models import TINY_FAMILIES, random_model
 
 
 @pytest.fixture(params=TINY_FAMILIES)
@@ -30,15 +30,15 @@ def tiny_gpt2():
 @pytest.fixture
 def char_tokenizer():
     """The zoo's character-level tokenizer."""
-    from manyminds.charlm import build_tokenizer
+    from manyminds.zoo.charlm import build_tokenizer
 
     return build_tokenizer()
 
 
 @pytest.fixture
 def char_qwen2():
-    """A tiny random Qwen2 whose vocabulary matches :func:`manyminds.charlm.build_tokenizer`."""
-    from manyminds.charlm import VOCAB_SIZE
+    """A tiny random Qwen2 whose vocabulary matches :func:`manyminds.zoo.charlm.build_tokenizer`."""
+    from manyminds.zoo.charlm import VOCAB_SIZE
 
     return random_model("qwen2", vocab_size=VOCAB_SIZE, seed=0)
 

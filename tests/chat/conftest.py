@@ -4,8 +4,8 @@ family renders conversations) and a tiny random Qwen2 whose vocabulary covers it
 import pytest
 from tokenizers.processors import TemplateProcessing
 
-from manyminds.charlm import VOCAB_SIZE, build_tokenizer
-from manyminds.models import random_model
+from manyminds.zoo.charlm import VOCAB_SIZE, build_tokenizer
+from manyminds.zoo.models import random_model
 
 # SmolLM2-style ChatML, plus the BOS that Llama-family templates write themselves: the template is
 # what puts special tokens into a conversation, so adding the tokenizer's own on top doubles the BOS.

@@ -123,8 +123,8 @@ def test_checkpoint_is_atomic(char_qwen2, char_tokenizer, tmp_path, monkeypatch)
 
 
 def test_dpo_reference_is_base_and_members_train(char_tokenizer, tmp_path):
-    from manyminds.charlm import VOCAB_SIZE
-    from manyminds.models import random_model
+    from manyminds.zoo.charlm import VOCAB_SIZE
+    from manyminds.zoo.models import random_model
 
     model = random_model("gpt2", vocab_size=VOCAB_SIZE)
     args = RenyiDPOConfig(output_dir=str(tmp_path), num_members=2, r=4, max_steps=3, beta=0.5,

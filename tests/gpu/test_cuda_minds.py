@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.population import Population
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,7 +3,8 @@
 import pytest
 
 from manyminds.metrics import majority_vote
-from manyminds.population import Population, generate_grid
+from manyminds.population import Population
+from manyminds.population.decisions import generate_grid
 
 GEN = {"max_new_tokens": 5, "do_sample": False}
 PROMPTS = ["Q: 1+2\nA:", "Q: 12+34-5\nA:", "Q: 7-3\nA:"]

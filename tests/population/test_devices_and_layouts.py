@@ -4,9 +4,10 @@ post-norm layouts perturbed where B-Trans means (norm outputs that feed linear l
 import pytest
 import torch
 
-from manyminds.models import POST_NORM_FAMILIES, TINY_FAMILIES, random_model
-from manyminds.population import Population, find_norm_layers, standard_noise
+from manyminds.population import Population, find_norm_layers
 from manyminds.population.export import _trace_readers
+from manyminds.population.noise import standard_noise
+from manyminds.zoo.models import POST_NORM_FAMILIES, TINY_FAMILIES, random_model
 
 # ----------------------------------------------------------------------------- device independence
 

@@ -13,7 +13,7 @@ if os.environ.get("MANYMINDS_REQUIRE_VLLM") != "1":
 from vllm import SamplingParams
 
 import manyminds.vllm as mv
-from manyminds.models import random_model
+from manyminds.zoo.models import random_model
 from manyminds.population import Population, find_norm_layers
 
 NEW = 8

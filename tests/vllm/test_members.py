@@ -15,6 +15,7 @@ from vllm import SamplingParams
 import manyminds.vllm as mv
 from manyminds.ensemble import EnsembleLoRA
 from manyminds.ensemble.uncertainty import completion_logps
+from manyminds.rows import encode_pair, pad_rows
 
 NEW = 10
 GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)
@@ -59,13 +60,12 @@ def test_members_as_lora_requests_match_ensemble(saved_members):
         # sequence log-likelihoods of given completions, scored by each member in vLLM == HF
         completions = [" the quick brown fox", " numbers one two"]
         got = mv.member_logp_variance(llm, PROMPTS, completions, members_dir)
-        full = [tokenizer(p + c).input_ids for p, c in zip(PROMPTS, completions)]
-        starts = [len(tokenizer(p).input_ids) for p in PROMPTS]
-        width = max(map(len, full))
-        input_ids = torch.tensor([f + [tokenizer.pad_token_id] * (width - len(f)) for f in full])
-        attention = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in full])
-        completion_mask = torch.tensor([[0] * s + [1] * (len(f) - s) + [0] * (width - len(f))
-                                        for s, f in zip(starts, full)])
+        # the trainers' rows (TRL's rule: prompt + completion + eos, the prompt = the common prefix)
+        pairs = [encode_pair(tokenizer, p, c, None) for p, c in zip(PROMPTS, completions)]
+        assert got["input_ids"] == [r["input_ids"] for r in pairs]
+        input_ids = pad_rows([r["input_ids"] for r in pairs], tokenizer.pad_token_id)
+        attention = pad_rows([[1] * len(r["input_ids"]) for r in pairs], 0)
+        completion_mask = pad_rows([r["completion_mask"] for r in pairs], 0)
         ref_logps = completion_logps(ens, input_ids, attention, completion_mask).sum(-1).double()  # [K, B]
         torch.testing.assert_close(got["member_logps"], ref_logps, atol=2e-3, rtol=1e-4)
         assert got["logp_variance"].shape == (len(PROMPTS),) and bool((got["logp_variance"] > 0).all())

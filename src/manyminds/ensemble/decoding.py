@@ -9,16 +9,15 @@ K copies, so the caches stay aligned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from manyminds.metrics import majority_share
-from manyminds.rows import check_context
+from manyminds.rows import check_context, pad_id_of, pad_left, tokenize_prompts
 
-from .lora import EnsembleLoRA
+from .model import EnsembleLoRA
 from .uncertainty import CHUNK_ELEMENTS
 
 
@@ -160,31 +159,31 @@ def generate_members(ensemble: EnsembleLoRA, input_ids: torch.Tensor,
     return sequences.view(K, B, -1)
 
 
-def _tokenize_prompts(tokenizer, prompts: Sequence[str], device) -> dict[str, torch.Tensor]:
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
 def _decode_new(tokenizer, sequences: torch.Tensor, prompt_len: int) -> list[str]:
     return tokenizer.batch_decode(sequences[..., prompt_len:].reshape(-1, sequences.shape[-1] - prompt_len),
                                   skip_special_tokens=True)
 
 
-def generate_texts(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str], mode: str = "mixture",
+def generate_texts(ensemble: EnsembleLoRA, tokenizer, prompts, mode: str = "mixture",
                    max_new_tokens: int = 32, **generate_kwargs) -> list[str] | list[list[str]]:
     """Text completions of ``prompts``.
 
+    Prompts are tokenised as everywhere else (:func:`manyminds.rows.tokenize_prompts`, TRL 1.16's
+    rule): strings with the tokenizer's special tokens, conversations through the chat template
+    with the generation prompt; left-padded with :func:`manyminds.rows.pad_id_of` (pad, else eos).
+
     Args:
+        prompts: a string, a list of strings, a conversation or a list of conversations (B rows).
         mode: ``"mixture"`` -> one completion per prompt (list of B strings);
             ``"members"`` -> every member's completion (K lists of B strings).
     """
     device = next(ensemble.model.parameters()).device
-    enc = _tokenize_prompts(tokenizer, prompts, device)
-    check_context(ensemble.model.config, enc["attention_mask"].sum(dim=1).tolist(), max_new_tokens)
+    ids = tokenize_prompts(tokenizer, prompts)                          # [B] id lists
+    check_context(ensemble.model.config, [len(r) for r in ids], max_new_tokens)
+    pad = pad_id_of(tokenizer)
+    enc = pad_left(ids, pad, device)                                    # [B, T], left-padded
     prompt_len = enc["input_ids"].shape[1]
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    generate_kwargs.setdefault("pad_token_id", pad)
     generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     if mode == "mixture":
         out = mixture_generate(ensemble, **enc, max_new_tokens=max_new_tokens, **generate_kwargs)
@@ -193,14 +192,15 @@ def generate_texts(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str], mo
         generate_kwargs.setdefault("do_sample", False)
         seqs = generate_members(ensemble, **enc, max_new_tokens=max_new_tokens, **generate_kwargs)
         texts = _decode_new(tokenizer, seqs, prompt_len)
-        B = len(prompts)
+        B = len(ids)
         return [texts[k * B:(k + 1) * B] for k in range(ensemble.num_members)]
     raise ValueError(f"mode must be 'mixture' or 'members', got {mode!r}")
 
 
-def member_majority(ensemble: EnsembleLoRA, tokenizer, prompts: Sequence[str],
+def member_majority(ensemble: EnsembleLoRA, tokenizer, prompts,
                     max_new_tokens: int = 32, **generate_kwargs) -> dict[str, list]:
-    """Each member answers; the final answers (``manyminds.tasks.extract_answer``) are voted on.
+    """Each member answers ``prompts`` (strings or conversations, tokenised as in
+    :func:`generate_texts`); the final answers (``manyminds.tasks.extract_answer``) are voted on.
 
     Returns:
         dict with ``answers`` (K lists of B final answers), ``majority`` (B answers),

@@ -22,7 +22,7 @@ import torch
 
 from manyminds.rows import LOGPS_BLOCK_ELEMENTS, logit_blocks, selected_log_probs
 
-from .lora import EnsembleLoRA
+from .model import EnsembleLoRA
 
 CHUNK_ELEMENTS = LOGPS_BLOCK_ELEMENTS
 """Default float32 elements per chunk of logits (64 MiB): bounds the extra memory of the functions below."""
