@@ -56,11 +56,10 @@ def chat_dataset(dataset):
 
 
 def progress_bar():
-    """A rich progress bar on stderr with one line per condition."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A rich progress bar on stderr with one line per condition (:func:`manyminds.progress.progress_bar`)."""
+    from manyminds.progress import progress_bar as bar
 
-    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console())
+    return bar(description="{task.description:<22}", console=err_console())
 
 
 def check_statistics_options(seeds: int, confidence: float) -> None:

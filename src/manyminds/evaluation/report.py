@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from manyminds.files import atomic_write_text
 
 __all__ = ["comparisons_markdown", "comparisons_table", "conditions_markdown", "conditions_table",
            "intervals_markdown", "intervals_table", "json_safe", "plot_risk_coverage", "plot_sweep", "write_json",
@@ -150,9 +151,7 @@ def write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

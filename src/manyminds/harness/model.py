@@ -31,6 +31,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import postprocess_generated_text
 
+from manyminds.rows import pad_id_of
 from manyminds.upstream import check_overrides
 
 __all__ = ["ManyMindsLM", "vote_index"]
@@ -222,7 +223,7 @@ class ManyMindsLM(HFLM):
                                "continuations": texts, "answer": answer, "winner": self.voters[j]})
         # chunks stop at different lengths: right-pad as one generate call pads its finished rows
         return torch.nn.utils.rnn.pad_sequence(picks, batch_first=True,
-                                               padding_value=self.tokenizer.pad_token_id)  # [B, T + new]
+                                               padding_value=pad_id_of(self.tokenizer))  # [B, T + new]
 
     def _cut(self, tokens: list[int], stop: list[str]) -> str:
         """A continuation's text exactly as ``HFLM.generate_until`` returns it (decoded, thinking

@@ -60,6 +60,7 @@ from manyminds.rl.functional import (
 )
 from manyminds.rl.label_free import group_majority_rewards, strip_labels
 from manyminds.rl.rescue import splice_groups, zero_signal_groups
+from manyminds.rows import pad_id_of
 from manyminds.upstream import check_overrides
 
 from .common import copy_run_id
@@ -383,7 +384,7 @@ class PopulationGRPOTrainer(MindCorrections, GRPOTrainer):
             pairs = [(take[i], i) for i in sorted(rescued)]
             if pairs:
                 output = splice_groups(output, [a for a, _ in pairs], fresh, [b for _, b in pairs], g,
-                                       self._tokenizer.pad_token_id)
+                                       pad_id_of(self._tokenizer))
             groups = [i for i in groups if i not in {a for a, _ in pairs}]
         for key in list(metrics):  # drop the re-rolls' own entries (TRL's and ours)
             del metrics[key][kept.get(key, 0):]
