@@ -15,3 +15,12 @@ def model_dir(tmp_path_factory):
                  eos_token_id=tok.eos_token_id).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def error_line(result) -> str:
+    """The output of a failed command must be exactly one ``error:`` line, no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]

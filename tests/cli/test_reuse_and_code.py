@@ -21,15 +21,9 @@ from manyminds.cli.train_args import parse
 from manyminds.rewards import answer_reward
 from manyminds.training.common import RUN_ID_FILE, read_run_id, write_run_id
 
+from .conftest import error_line
+
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def _config(out, resume=None):
@@ -77,7 +71,7 @@ def test_sft_reuse_is_refused_overwrite_starts_a_new_run(model_dir, tmp_path):
     assert run_id and read_run_id(out / "checkpoint-1") == run_id  # recorded next to the completion marker
     assert (out / "checkpoint-1" / "checkpoint_complete").exists()
 
-    line = _error_line(runner.invoke(app, args))  # the same command again: refused, nothing touched
+    line = error_line(runner.invoke(app, args))  # the same command again: refused, nothing touched
     assert "is not empty" in line and "--resume" in line and "--overwrite_output_dir" in line
     assert read_run_id(out) == run_id
 
@@ -90,7 +84,7 @@ def test_sft_reuse_is_refused_overwrite_starts_a_new_run(model_dir, tmp_path):
     assert not (out / "checkpoint-7").exists()
 
     write_run_id(out / "checkpoint-1", "someone-else")  # resuming another run's checkpoint is refused
-    line = _error_line(runner.invoke(app, [*args, "--resume"]))
+    line = error_line(runner.invoke(app, [*args, "--resume"]))
     assert "belongs to run someone-else" in line
 
 

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from manyminds.cli import app
 
+from .conftest import error_line
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 REWARD = "_cli_rewards.text_hash_reward"
@@ -26,15 +28,6 @@ runner = CliRunner()
 @pytest.fixture
 def rewards_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-
-
-def _error_line(result) -> str:
-    """The output of a failed command must be exactly one ``error:`` line, no traceback."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -170,41 +163,41 @@ def _yaml(tmp_path, text: str) -> str:
 ])
 def test_bad_arguments_end_in_one_line(model_dir, tmp_path, command, args, message):
     result = runner.invoke(app, [command, "--model", str(model_dir), "--output_dir", str(tmp_path / "o"), *args])
-    line = _error_line(result)
+    line = error_line(result)
     assert message in line, line
     assert not (tmp_path / "o").exists()  # nothing started
 
 
 def test_bad_yaml_names_file_and_line(model_dir, tmp_path):
     path = _yaml(tmp_path, "mind_sigma: 0.02\nnum_generations: [4\nmax_steps: 3\n")
-    line = _error_line(runner.invoke(app, ["grpo", "--config", path]))
+    line = error_line(runner.invoke(app, ["grpo", "--config", path]))
     assert f"{path}:3:" in line and "YAML does not parse" in line
     path = _yaml(tmp_path, "mind_sigma: 0.02\nlerning_rate: 0.1\n")
-    line = _error_line(runner.invoke(app, ["grpo", "--config", path]))
+    line = error_line(runner.invoke(app, ["grpo", "--config", path]))
     assert f"{path}: unknown option 'lerning_rate' (did you mean learning_rate" in line
     path = _yaml(tmp_path, "learning_rate: -0.5\n")
-    line = _error_line(runner.invoke(app, ["grpo", "--config", path]))
+    line = error_line(runner.invoke(app, ["grpo", "--config", path]))
     assert "learning_rate must be > 0" in line and path in line
 
 
 def test_bad_data_and_model_files_are_named(model_dir, tmp_path):
-    line = _error_line(runner.invoke(app, ["sft", "--model", str(model_dir), "--data", str(tmp_path / "missing.jsonl")]))
+    line = error_line(runner.invoke(app, ["sft", "--model", str(model_dir), "--data", str(tmp_path / "missing.jsonl")]))
     assert f"dataset file {tmp_path / 'missing.jsonl'} does not exist" in line
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
-    line = _error_line(runner.invoke(app, ["sft", "--model", str(model_dir), "--data", str(bad)]))
+    line = error_line(runner.invoke(app, ["sft", "--model", str(model_dir), "--data", str(bad)]))
     assert f"{bad} is not a valid .jsonl dataset" in line
     rows = tmp_path / "no_answer.jsonl"
     rows.write_text(json.dumps({"prompt": "Q: 1+1\nA:"}) + "\n")
     result = runner.invoke(app, ["grpo", "--model", str(model_dir), "--data", str(rows), "--output_dir",
                                  str(tmp_path / "o")])
-    assert "'answer' column" in _error_line(result) and result.exit_code == 2
+    assert "'answer' column" in error_line(result) and result.exit_code == 2
 
 
 def test_missing_and_corrupt_models_fail_at_once(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    line = _error_line(runner.invoke(app, ["sft", "--model", "runs/does-not-exist"]))
+    line = error_line(runner.invoke(app, ["sft", "--model", "runs/does-not-exist"]))
     assert "no model folder at runs/does-not-exist" in line
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -212,5 +205,5 @@ def test_missing_and_corrupt_models_fail_at_once(model_dir, tmp_path, monkeypatc
         (corrupt / f.name).write_bytes(f.read_bytes())
     weights = corrupt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    line = _error_line(runner.invoke(app, ["sft", "--model", str(corrupt), "--max_steps", "1"]))
+    line = error_line(runner.invoke(app, ["sft", "--model", str(corrupt), "--max_steps", "1"]))
     assert f"{weights} is corrupt or truncated" in line

@@ -55,6 +55,16 @@ def build_tiny_llama(directory, hidden_size: int = 128, layers: int = 2, seed: i
     return model, hf_tok
 
 
+def hf_tokens(model, tokenizer, prompt, population=None, mind=-1, *, new: int) -> list[int]:
+    """Greedy ``new`` tokens of the HF model under ``population.minds([mind])`` (the plain model without one)."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    context = population.minds([mind]) if population is not None else torch.no_grad()
+    with context, torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """``(directory, model, tokenizer)`` of the tiny Llama (float32)."""

@@ -2,6 +2,7 @@
 a bad mind spec fails its own request only, and a mind request without its cache salt cannot leave
 perturbed KV blocks under the plain model's hash."""
 
+import functools
 import gc
 import os
 
@@ -16,18 +17,13 @@ from vllm import LLM, SamplingParams
 import manyminds.vllm as mv
 from manyminds.population import Population
 
+from .conftest import hf_tokens as hf_tokens_of
+
 NEW = 8
 PROMPTS = ("hello world number 0", "once upon a time there was")
 
 
-def hf_tokens(model, tokenizer, prompt, population=None, mind=-1, new=NEW):
-    """Greedy new tokens of the HF model under ``population.minds([mind])`` (the plain model without one)."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    context = population.minds([mind]) if population is not None else torch.no_grad()
-    with context, torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+hf_tokens = functools.partial(hf_tokens_of, new=NEW)  # greedy NEW tokens, HF model under a mind
 
 
 def params(spec=None, new=NEW):

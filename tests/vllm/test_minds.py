@@ -1,10 +1,10 @@
 """Population minds inside vLLM == the same minds on the Hugging Face model (greedy tokens)."""
 
+import functools
 import gc
 import os
 
 import pytest
-import torch
 
 if os.environ.get("MANYMINDS_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm")
@@ -14,19 +14,14 @@ from vllm import SamplingParams
 import manyminds.vllm as mv
 from manyminds.population import MindSpec, Population, find_norm_layers
 
+from .conftest import hf_tokens as hf_tokens_of
+
 NEW = 10
 GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)
 PROMPT = "hello world number 0"
 
 
-def hf_tokens(model, tokenizer, prompt, population=None, mind=-1, new=NEW):
-    """Greedy new tokens of the HF model under ``population.minds([mind])``."""
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    context = population.minds([mind]) if population is not None else torch.no_grad()
-    with context, torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+hf_tokens = functools.partial(hf_tokens_of, new=NEW)  # greedy NEW tokens, HF model under a mind
 
 
 @pytest.fixture(scope="module", params=["eager", "compiled"])
