@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from manyminds.tasks.answers import extract_answer, normalize_answer, verify_answer
 from manyminds.tasks.arith import arith_rows
 from manyminds.tasks.conflict import conflict_rows
+from manyminds.tasks.conflict_meaning import conflict_meaning_rows
 from manyminds.tasks.facts import SPLITS as FACT_SPLITS
 from manyminds.tasks.facts import facts_rows
 from manyminds.tasks.mental import mental_rows
@@ -52,6 +53,10 @@ TASKS: dict[str, Task] = {
                   "short fact questions for chat LMs ('What is the capital of France?') with "
                   "accepted answers, splits dev/test (knobs: path, instruction)",
                   {"dev": None, "test": None}, FACT_SPLITS),
+    "conflict_meaning": Task("conflict_meaning", conflict_meaning_rows,
+                             "'a-b' is the signed difference for half the annotators and the distance |a-b| "
+                             "for the rest: contested only when a<b, no token marks it (knobs: digits, "
+                             "contested_fraction)", {"train": 2000, "test": 200}),
 }
 
 
