@@ -16,7 +16,11 @@ the annotators and ``-`` for the other half) and on the same task with ``conflic
 Part 2, dead members: ``conflict`` at alpha = 0.8, K = 4, several seeds, without a remedy, with the
 alpha warm-up (``alpha_warmup_steps``) and with re-initialisation (``dead_member_action="reinit"``):
 members dead at the end of training (the trainer's monitor), test route shares, AUROC of the
-epistemic uncertainty for ``@`` prompts vs controls and the mixture's control accuracy.
+epistemic uncertainty for ``@`` prompts vs controls and the mixture's control accuracy, with 95%
+intervals (stratified bootstrap for the AUROC, Wilson for accuracies); each remedy is compared with no
+remedy at the same seed on the same test examples (paired AUROC bootstrap, exact McNemar on the
+control answers; ``ensemble_evidence.sft_comparisons``). ``results.json`` keeps the per-example
+scores and outcomes (``per_example``).
 
     python examples/alpha_evidence.py                        # both parts
     python examples/alpha_evidence.py --part spread --steps 60
@@ -46,7 +50,15 @@ from manyminds.training import RenyiSFTConfig, RenyiSFTTrainer
 from manyminds.training.critical import critical_alpha, train_single_adapter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ensemble_evidence import ALL_LINEAR, _encode
+from ensemble_evidence import (
+    ALL_LINEAR,
+    _ci,
+    _encode,
+    _with_ci,
+    comparisons_markdown,
+    sft_comparisons,
+    sft_intervals,
+)
 
 TASKS = {"conflict": {}, "unambiguous": {"conflict_fraction": 0.0}}
 
@@ -162,9 +174,29 @@ def part_dead(tokenizer, args, results):
                    "mixture_control_accuracy": sum(ev.mixture_correct[i] for i in control) / len(control),
                    "member_control_accuracy": [sum(ev.member_correct[k][i] for i in control) / len(control)
                                                for k in range(args.members)],
-                   "seconds": round(time.time() - start, 1)}
+                   "seconds": round(time.time() - start, 1),
+                   "per_example": {"labels": labels, "max_epistemic": list(ev.max_epistemic),
+                                   "mixture_answer": list(ev.mixture_answer), "mixture_correct": list(ev.mixture_correct),
+                                   "member_correct": [list(c) for c in ev.member_correct]}}
+            row["intervals"] = sft_intervals(row)
             results["dead"].setdefault(remedy, {})[str(seed)] = row
-            print(f"[dead] {remedy} seed={seed}: {row}", flush=True)
+            print(f"[dead] {remedy} seed={seed}: " + str({k: v for k, v in row.items() if k != "per_example"}),
+                  flush=True)
+    results["dead_comparisons"] = dead_comparisons(results["dead"])
+
+
+def dead_comparisons(dead: dict[str, dict[str, dict]], baseline: str = "none") -> list[dict]:
+    """Each remedy against ``baseline`` (no remedy) at the same seed, on the same test examples:
+    AUROC max-MI (paired stratified bootstrap) and mixture control accuracy (exact McNemar)."""
+    rows = []
+    for remedy, seeds in dead.items():
+        if remedy == baseline or baseline not in dead:
+            continue
+        for seed, row in seeds.items():
+            if seed in dead[baseline]:
+                runs = {f"{baseline} seed={seed}": dead[baseline][seed], f"{remedy} seed={seed}": row}
+                rows += sft_comparisons(runs, f"{baseline} seed={seed}", (("max_epistemic", "max_epistemic"),))
+    return rows
 
 
 def _fmt(x) -> str:
@@ -188,14 +220,24 @@ def write_markdown(results: dict, path: Path) -> str:
         lines += ["", "Cells: logp std / specialisation / dW dist (see the script's docstring).", ""]
     if results["dead"]:
         lines += ["### Dead members at alpha = 0.8, K = 4", "",
+                  "95% intervals: stratified bootstrap over test examples for the AUROC, Wilson for accuracies.", "",
                   ("| remedy | seed | dead (train, end / max) | test dead | test route shares | AUROC max-MI "
-                  "| mixture control acc | member control acc |"), "|" + "---|" * 8]
+                  "| mixture control acc |"), "|" + "---|" * 7]
         for remedy, seeds in results["dead"].items():
             for seed, r in seeds.items():
                 lines.append(f"| {remedy} | {seed} | {_fmt(r['dead_at_end'])} / {_fmt(r['max_dead'])} | {r['test_dead']} | "
                              + ", ".join(f"{s:.2f}" for s in r["test_route_shares"])
-                             + f" | {r['auroc_max_epistemic']:.3f} | {r['mixture_control_accuracy']:.2f} | "
-                             + ", ".join(f"{a:.2f}" for a in r["member_control_accuracy"]) + " |")
+                             + f" | {_with_ci(r, 'auroc_max_epistemic')} | {_with_ci(r, 'mixture_control_accuracy')} |")
+        lines += ["", "Member control accuracy [95% CI]:", ""]
+        for remedy, seeds in results["dead"].items():
+            for seed, r in seeds.items():
+                lines.append(f"- {remedy} seed={seed}: " + ", ".join(
+                    f"m{k}: {_ci(a, r.get('intervals', {}).get(f'member_{k}_control_accuracy'))}"
+                    for k, a in enumerate(r["member_control_accuracy"])))
+        if results.get("dead_comparisons"):
+            lines += ["", ("Each remedy vs none at the same seed, paired on the same test examples "
+                           "(AUROC: paired stratified bootstrap; accuracy: exact McNemar):"), "",
+                      comparisons_markdown(results["dead_comparisons"])]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

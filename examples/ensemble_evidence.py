@@ -19,6 +19,14 @@ on style pairs (where the groups disagree) and the correct answer on agreed pair
 member's implicit reward margin; the variance of those rates across members (the paper's analogue:
 the variance across members of the refusal rate).
 
+Intervals (95%): Wilson for every accuracy and rate over its test examples, a stratified bootstrap
+for every AUROC (:mod:`manyminds.evaluation.stats`). Every run is compared with the single LoRA on
+the same test examples: its epistemic AUROCs against the single LoRA's total-entropy AUROC (paired
+stratified bootstrap, :func:`paired_auroc`) and its mixture control accuracy (exact McNemar); the
+DPO alphas are compared with the first one on the per-pair variance across members (paired
+bootstrap). ``results.json`` keeps the per-example scores and outcomes (``per_example``), so every
+interval and test can be recomputed from it.
+
     python examples/ensemble_evidence.py                 # default model, modest CPU size
     python examples/ensemble_evidence.py --steps 60 --n-train 256 --n-test 64   # quicker
 
@@ -34,6 +42,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import manyminds
@@ -44,11 +53,20 @@ from manyminds.ensemble.uncertainty import (
     sequence_uncertainty,
 )
 from manyminds.evaluation.ensemble import evaluate_ensemble
+from manyminds.evaluation.stats import (
+    auroc_interval,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilson_interval,
+)
 from manyminds.rows import encode_pair, pad_rows
 from manyminds.tasks import extract_answer, load_task
 from manyminds.training import RenyiDPOConfig, RenyiDPOTrainer, RenyiSFTConfig, RenyiSFTTrainer
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# per-example uncertainty scores of analyse_sft; the AUROC of score s is stored as f"auroc_{s}"
+SCORES = ("max_epistemic", "mean_epistemic", "reference_epistemic", "answer_disagreement", "total_entropy",
+          "logp_variance")
 
 
 def _encode(tokenizer, prompts, completions):
@@ -115,6 +133,12 @@ def analyse_sft(ensemble: EnsembleLoRA, tokenizer, test, args) -> dict:
             "at_as_minus": minus / max(1, len(conflict_idx)),
             "control_accuracy": sum(ev.member_correct[k][i] for i in control_idx) / max(1, len(control_idx)),
         })
+    per_example = {"labels": labels, "max_epistemic": list(ev.max_epistemic), "mean_epistemic": list(ev.epistemic),
+                   "reference_epistemic": ref_epi, "answer_disagreement": list(ev.disagreement),
+                   "total_entropy": [t * 1.0 for t in ev.total], "logp_variance": ref_var,
+                   "mixture_answer": list(ev.mixture_answer), "mixture_correct": list(ev.mixture_correct),
+                   "member_answers": [list(a) for a in ev.member_answers],
+                   "member_correct": [list(c) for c in ev.member_correct]}
     out = {"responsibilities": resp, "per_member": per_member,
            "mixture_control_accuracy": sum(ev.mixture_correct[i] for i in control_idx) / max(1, len(control_idx)),
            "auroc_max_epistemic": auroc(ev.max_epistemic, labels),
@@ -130,7 +154,104 @@ def analyse_sft(ensemble: EnsembleLoRA, tokenizer, test, args) -> dict:
         for key in ("auroc_max_epistemic", "auroc_mean_epistemic", "auroc_reference_epistemic",
                     "auroc_answer_disagreement"):
             out[key] = None
+    out["per_example"] = per_example
+    out["intervals"] = sft_intervals(out)
     return out
+
+
+def sft_intervals(run: dict, confidence: float = 0.95) -> dict[str, dict]:
+    """95% intervals of one SFT run's AUROCs and control accuracies, from ``run["per_example"]``.
+
+    ``{key: {"value", "low", "high", "method"}}`` for every ``auroc_<score>`` the run reports (not
+    ``None``): stratified percentile bootstrap over the test examples
+    (:func:`~manyminds.evaluation.stats.auroc_interval`); and for ``mixture_control_accuracy`` and
+    ``member_<k>_control_accuracy``: Wilson on the hits among the ``n`` control prompts.
+    """
+    ex = run["per_example"]
+    labels = ex["labels"]
+    out: dict[str, dict] = {}
+    for score in SCORES:
+        if run.get(f"auroc_{score}") is not None:
+            value, (lo, hi) = auroc_interval(ex[score], labels, confidence)
+            out[f"auroc_{score}"] = {"value": value, "low": lo, "high": hi, "method": "bootstrap"}
+    control = [i for i, y in enumerate(labels) if not y]
+    correct = {"mixture_control_accuracy": ex["mixture_correct"]}
+    correct |= {f"member_{k}_control_accuracy": row for k, row in enumerate(ex["member_correct"])}
+    for key, row in correct.items():
+        if control and row:
+            hits = round(sum(row[i] for i in control))
+            lo, hi = wilson_interval(hits, len(control), confidence)
+            out[key] = {"value": hits / len(control), "low": lo, "high": hi, "method": "wilson"}
+    return out
+
+
+def _auroc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                 / (pos.size * neg.size))  # [n1, n0] comparisons
+
+
+def paired_auroc(scores_a, scores_b, labels, confidence: float = 0.95, n_boot: int = 2_000,
+                 seed: int = 0) -> tuple[float, tuple[float, float], float]:
+    """Difference of two AUROCs on the same examples, ``AUROC(a) - AUROC(b)``, with a paired stratified bootstrap.
+
+    Each of ``n_boot`` resamples (``numpy.random.default_rng(seed)``) draws the ``n1`` positive and the
+    ``n0`` negative examples with replacement (as :func:`~manyminds.evaluation.stats.auroc_interval`)
+    and scores *both* AUROCs on the same draw, giving ``d*_b``. Returns the observed difference ``d``,
+    the ``(1 -/+ confidence) / 2`` quantiles of ``{d*_b}``, and the two-sided p-value of the shifted
+    null ``p = (1 + #{|d*_b - d| >= |d|}) / (1 + n_boot)`` (as
+    :func:`~manyminds.evaluation.stats.paired_bootstrap`). The library has no paired AUROC test yet.
+    """
+    a, b, y = np.asarray(scores_a, float), np.asarray(scores_b, float), np.asarray(labels).astype(bool)
+    if not (a.shape == b.shape == y.shape and a.ndim == 1) or y.all() or not y.any():
+        raise ValueError("paired_auroc needs two 1-d score lists and 0/1 labels of one length, with both labels")
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    obs = _auroc_fast(a[pos], a[neg]) - _auroc_fast(b[pos], b[neg])
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        p, n = pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
+        diffs[i] = _auroc_fast(a[p], a[n]) - _auroc_fast(b[p], b[n])
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    if obs == 0 and not diffs.any():
+        return 0.0, (0.0, 0.0), 1.0
+    extreme = int((np.abs(diffs - obs) >= abs(obs) - 1e-12).sum())
+    return obs, (float(lo), float(hi)), (1 + extreme) / (1 + n_boot)
+
+
+def sft_comparisons(runs: dict[str, dict], baseline: str, aurocs=(("max_epistemic", "total_entropy"),
+                    ("reference_epistemic", "total_entropy")), confidence: float = 0.95) -> list[dict]:
+    """Every run against ``runs[baseline]``, paired on the same test examples (their labels must agree).
+
+    Rows ``{"run", "baseline", "metric", "diff", "low", "high", "p", "test"}``: for each ``(score,
+    baseline score)`` of ``aurocs`` that both report, ``AUROC(score) - AUROC(baseline score)`` with
+    :func:`paired_auroc`; and the mixture control accuracy difference with its paired bootstrap
+    interval and the exact McNemar p-value (0/1 outcomes per control prompt).
+    """
+    base = runs[baseline]
+    labels = base["per_example"]["labels"]
+    control = [i for i, y in enumerate(labels) if not y]
+    rows = []
+    for name, run in runs.items():
+        if name == baseline:
+            continue
+        ex = run["per_example"]
+        if ex["labels"] != labels:
+            raise ValueError(f"{name} and {baseline} were scored on different test examples; use one --n-test and --seed")
+        for score, base_score in aurocs:
+            if run.get(f"auroc_{score}") is None or base.get(f"auroc_{base_score}") is None:
+                continue
+            diff, (lo, hi), p = paired_auroc(ex[score], base["per_example"][base_score], labels, confidence)
+            metric = f"AUROC {score}" + (f" vs {base_score}" if base_score != score else "")
+            rows.append({"run": name, "baseline": baseline, "metric": metric,
+                         "diff": diff, "low": lo, "high": hi, "p": p, "test": "paired bootstrap"})
+        if control:
+            a = [ex["mixture_correct"][i] for i in control]
+            b = [base["per_example"]["mixture_correct"][i] for i in control]
+            diff, (lo, hi), _ = paired_bootstrap(a, b, confidence)
+            rows.append({"run": name, "baseline": baseline, "metric": "mixture control accuracy", "diff": diff,
+                         "low": lo, "high": hi, "p": mcnemar_exact(a, b), "test": "mcnemar"})
+    return rows
 
 
 def train_dpo(base_path, tokenizer, train, alpha, K, args, out: Path):
@@ -173,39 +294,101 @@ def analyse_dpo(ensemble: EnsembleLoRA, tokenizer, test, args) -> dict:
     # per pair: variance across members of P(prefers terse / right) = sigmoid(beta * margin)
     p = torch.sigmoid(args.beta * margin)
     p_terse = torch.where(terse_first, p, 1 - p)
+    pair_var_style = p_terse[:, style].var(0, unbiased=False)                   # [N_style]
+    pair_var_agreed = p[:, agreed].var(0, unbiased=False)                       # [N_agreed]
+    n_style, n_agreed = int(style.sum()), int(agreed.sum())
+
+    def wilson(rates, n):  # rates of n pairs -> Wilson intervals of the hit counts
+        return [list(wilson_interval(round(r * n), n)) if n else None for r in rates.tolist()]
+
     return {"terse_rate_per_member": terse_rate.tolist(), "right_rate_per_member": right_rate.tolist(),
+            "terse_rate_interval_per_member": wilson(terse_rate, n_style),
+            "right_rate_interval_per_member": wilson(right_rate, n_agreed),
+            "style_pairs": n_style, "agreed_pairs": n_agreed,
             "terse_rate_variance": terse_rate.var(unbiased=False).item(),
             "right_rate_variance": right_rate.var(unbiased=False).item(),
-            "pair_variance_style": p_terse[:, style].var(0, unbiased=False).mean().item(),
-            "pair_variance_agreed": p[:, agreed].var(0, unbiased=False).mean().item(),
+            "pair_variance_style": pair_var_style.mean().item(),
+            "pair_variance_agreed": pair_var_agreed.mean().item(),
             "by_group_terse_rate": {g: prefers_terse[:, [i for i, x in enumerate(groups) if x == g]].mean().item()
-                                    for g in ("terse", "worked")}}
+                                    for g in ("terse", "worked")},
+            "per_example": {"kind": list(kinds), "group": list(groups), "terse_first": terse_first.tolist(),
+                            "margin": margin.tolist(), "pair_variance_style": pair_var_style.tolist(),
+                            "pair_variance_agreed": pair_var_agreed.tolist()}}
+
+
+def dpo_comparisons(runs: dict[str, dict], baseline: str, confidence: float = 0.95) -> list[dict]:
+    """Every DPO run against ``runs[baseline]`` on the per-pair variance across members (style and
+    agreed pairs), paired on the same test pairs: mean difference, paired bootstrap interval and p."""
+    rows = []
+    for name, run in runs.items():
+        if name == baseline:
+            continue
+        for key in ("pair_variance_style", "pair_variance_agreed"):
+            diff, (lo, hi), p = paired_bootstrap(run["per_example"][key], runs[baseline]["per_example"][key],
+                                                 confidence)
+            rows.append({"run": name, "baseline": baseline, "metric": key, "diff": diff, "low": lo, "high": hi,
+                         "p": p, "test": "paired bootstrap"})
+    return rows
 
 
 def _fmt(x):
     return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
+def _ci(x, interval, digits: int = 2) -> str:
+    """``0.812 [0.73, 0.89]``: a value and its interval (``interval``: ``{"low", "high"}`` or ``[low, high]``)."""
+    if x is None:
+        return "-"
+    if interval is None:
+        return _fmt(x)
+    lo, hi = (interval["low"], interval["high"]) if isinstance(interval, dict) else interval
+    return f"{_fmt(x)} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _with_ci(run: dict, key: str) -> str:
+    """``run[key]`` with its interval from ``run["intervals"]`` (when the run has one)."""
+    return _ci(run.get(key), run.get("intervals", {}).get(key))
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparisons_markdown(rows: list[dict], confidence: float = 0.95, scale: float = 1.0, digits: int = 3) -> str:
+    """Paired comparisons (:func:`sft_comparisons`, :func:`dpo_comparisons`) as a markdown table:
+    difference ``scale * diff`` and its interval, p-value and test."""
+    lines = [f"| run | vs | metric | diff [{confidence:.0%} CI] | p | test |", "|" + "---|" * 6]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['baseline']} | {r['metric']} | {scale * r['diff']:+.{digits}f} "
+                     f"[{scale * r['low']:+.{digits}f}, {scale * r['high']:+.{digits}f}] | {_p(r['p'])} | {r['test']} |")
+    return "\n".join(lines)
+
+
 def write_markdown(results: dict, path: Path) -> str:
     lines = ["### SFT on `conflict`", "",
+             "95% intervals: stratified bootstrap over test examples for AUROCs, Wilson for accuracies.", "",
              ("| run | AUROC max-MI | AUROC mean-MI | AUROC MI(ref) | AUROC disagreement | AUROC logp var "
              "| AUROC total entropy | MI @ / control | mixture control acc | resp. plus | resp. minus | resp. control |"),
              "|" + "---|" * 12]
     for name, r in results["sft"].items():
         resp = r["responsibilities"]
         lines.append(
-            f"| {name} | {_fmt(r['auroc_max_epistemic'])} | {_fmt(r['auroc_mean_epistemic'])} | "
-            f"{_fmt(r['auroc_reference_epistemic'])} | {_fmt(r['auroc_answer_disagreement'])} | "
-            f"{_fmt(r.get('auroc_logp_variance'))} | {_fmt(r['auroc_total_entropy'])} | "
+            f"| {name} | {_with_ci(r, 'auroc_max_epistemic')} | {_with_ci(r, 'auroc_mean_epistemic')} | "
+            f"{_with_ci(r, 'auroc_reference_epistemic')} | {_with_ci(r, 'auroc_answer_disagreement')} | "
+            f"{_with_ci(r, 'auroc_logp_variance')} | {_with_ci(r, 'auroc_total_entropy')} | "
             f"{r['mean_max_epistemic_conflict']:.3f} / {r['mean_max_epistemic_control']:.3f} | "
-            f"{r['mixture_control_accuracy']:.2f} | "
+            f"{_with_ci(r, 'mixture_control_accuracy')} | "
             + " | ".join("[" + ", ".join(f"{v:.2f}" for v in resp[c]) + "]" for c in ("plus", "minus", "none"))
             + " |")
-    lines += ["", "Per member (share of `@` answered as plus / as minus; control accuracy):", ""]
+    lines += ["", "Per member (share of `@` answered as plus / as minus; control accuracy [95% CI]):", ""]
     for name, r in results["sft"].items():
-        cells = ", ".join(f"m{k}: {m['at_as_plus']:.2f}/{m['at_as_minus']:.2f}/{m['control_accuracy']:.2f}"
+        cells = ", ".join(f"m{k}: {m['at_as_plus']:.2f}/{m['at_as_minus']:.2f}/"
+                          f"{_ci(m['control_accuracy'], r.get('intervals', {}).get(f'member_{k}_control_accuracy'))}"
                           for k, m in enumerate(r["per_member"]))
         lines.append(f"- {name}: {cells}")
+    if results.get("sft_comparisons"):
+        lines += ["", "Paired on the same test examples (AUROC: paired stratified bootstrap; accuracy: exact McNemar):",
+                  "", comparisons_markdown(results["sft_comparisons"])]
     lines += ["", "### DPO on `prefs`", "",
               ("| alpha | terse-rate per member | var (style) | right-rate per member | var (agreed) "
               "| per-pair var style | per-pair var agreed |"), "|" + "---|" * 7]
@@ -214,6 +397,16 @@ def write_markdown(results: dict, path: Path) -> str:
             f"| {name} | {', '.join(f'{v:.2f}' for v in r['terse_rate_per_member'])} | "
             f"{r['terse_rate_variance']:.4f} | {', '.join(f'{v:.2f}' for v in r['right_rate_per_member'])} | "
             f"{r['right_rate_variance']:.4f} | {r['pair_variance_style']:.5f} | {r['pair_variance_agreed']:.5f} |")
+    if any("terse_rate_interval_per_member" in r for r in results["dpo"].values()):
+        lines += ["", "Per member, Wilson 95% intervals (terse-rate over style pairs; right-rate over agreed pairs):", ""]
+        for name, r in results["dpo"].items():
+            lines.append(f"- {name}: " + ", ".join(
+                f"m{k}: terse {_ci(t, ti)}, right {_ci(a, ai)}" for k, (t, ti, a, ai) in enumerate(zip(
+                    r["terse_rate_per_member"], r["terse_rate_interval_per_member"],
+                    r["right_rate_per_member"], r["right_rate_interval_per_member"]))))
+    if results.get("dpo_comparisons"):
+        lines += ["", "Per-pair variance across members, paired on the same test pairs:", "",
+                  comparisons_markdown(results["dpo_comparisons"], digits=5)]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -295,8 +488,8 @@ def main(argv=None) -> None:
         ensemble, _ = train_sft(base_path, tokenizer, train, alpha, K, args, out / "runs" / name)
         results["sft"][name] = analyse_sft(ensemble, tokenizer, test, args)
         results["seconds"][f"sft {name}"] = round(time.time() - start, 1)
-        print(f"[sft] {name}: AUROC max-MI={_fmt(results['sft'][name]['auroc_max_epistemic'])} "
-              f"ref-MI={_fmt(results['sft'][name]['auroc_reference_epistemic'])} "
+        print(f"[sft] {name}: AUROC max-MI={_with_ci(results['sft'][name], 'auroc_max_epistemic')} "
+              f"ref-MI={_with_ci(results['sft'][name], 'auroc_reference_epistemic')} "
               f"({results['seconds'][f'sft {name}']}s)", flush=True)
 
     if not args.skip_dpo:
@@ -312,6 +505,10 @@ def main(argv=None) -> None:
             print(f"[dpo] {name}: terse-rate var={results['dpo'][name]['terse_rate_variance']:.4f} "
                   f"right-rate var={results['dpo'][name]['right_rate_variance']:.4f}", flush=True)
 
+    if "single LoRA" in results["sft"]:
+        results["sft_comparisons"] = sft_comparisons(results["sft"], "single LoRA")
+    if len(results["dpo"]) > 1:
+        results["dpo_comparisons"] = dpo_comparisons(results["dpo"], next(iter(results["dpo"])))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(write_markdown(results, out / "results.md"))
     plot(results, out / "ensemble_evidence.png")

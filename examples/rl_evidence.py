@@ -11,7 +11,12 @@ rollouts per step and seeds; only how rollouts are generated/scored differs:
 
 Reported, over training (from the trainer's logs): reward, fraction of groups with zero reward
 variance, distinct final answers per group. After training, on held-out ``arith`` test prompts:
-greedy pass@1, pass@k and majority@k of ``k`` temperature samples (and of ``k`` minds).
+greedy pass@1, pass@k and majority@k of ``k`` temperature samples (and of ``k`` minds), as the mean
+± sd over seeds with a 95% interval over problems (:func:`manyminds.evaluation.intervals.condition_intervals`:
+Wilson for one seed, else a bootstrap of the seed-averaged per-problem scores), and every method
+compared with ``plain`` on the same problems (:func:`~manyminds.evaluation.intervals.paired_comparisons`:
+exact McNemar or paired bootstrap). ``results.json`` keeps each run's per-problem outcomes
+(``per_problem``), so the intervals and tests can be recomputed from it.
 Writes ``results.json``, ``summary.md`` and ``rl_evidence.png`` into ``--out``.
 
     python examples/rl_evidence.py                       # full setting: 3 seeds
@@ -21,6 +26,7 @@ Writes ``results.json``, ``summary.md`` and ``rl_evidence.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +40,10 @@ from transformers import PrinterCallback
 
 import manyminds
 from manyminds.evaluation import EvalConfig, evaluate
+from manyminds.evaluation.core import EvalResult
+from manyminds.evaluation.intervals import condition_intervals, paired_comparisons
+from manyminds.evaluation.report import comparisons_markdown
+from manyminds.evaluation.scoring import ConditionScores
 from manyminds.rewards import answer_reward
 from manyminds.tasks import load_task
 from manyminds.training import PopulationGRPOConfig, PopulationGRPOTrainer
@@ -71,13 +81,72 @@ def train_one(method: str, seed: int, opts, train_rows, out_dir: str):
     return trainer.model, tok, curves, time.time() - start
 
 
-def eval_model(model, tok, test_rows, opts, seed):
+def eval_model(model, tok, test_rows, opts, seed) -> EvalResult:
     cfg = EvalConfig(k=opts.k, sigmas=(opts.sigma,), mind_seed=1000 + seed, temperature=opts.temperature,
                      max_new_tokens=opts.max_completion_length, seed=seed)
-    result = evaluate(model, tok, test_rows, cfg)
-    # keyed by kind ("greedy", "samples", "minds") with the metric names of this script's tables
+    return evaluate(model, tok, test_rows, cfg)
+
+
+def scores(result: EvalResult) -> dict:
+    """Keyed by kind ("greedy", "samples", "minds") with the metric names of this script's tables."""
     return {c.kind: {"pass@1": c.pass_at_1, f"pass@{c.k}": c.pass_at_k, f"majority@{c.k}": c.majority_at_k,
                      "unique_answers": c.unique_answers} for c in result.conditions}
+
+
+def saved_conditions(result: EvalResult) -> list[dict]:
+    """Each condition's scores and per-problem outcomes (final answers, 0/1 per draw, majority 0/1):
+    the ``per_problem`` entry of ``results.json``, what :func:`rebuild` reads back."""
+    keep = ("answers", "correct", "majority_correct")
+    return [c.to_dict() | {"per_prompt": [{key: row[key] for key in keep} for row in c.per_prompt]}
+            for c in result.conditions]
+
+
+def rebuild(saved: list[dict]) -> EvalResult:
+    """An :class:`~manyminds.evaluation.core.EvalResult` from :func:`saved_conditions` (scores and
+    per-problem outcomes; no prompts), enough for the library's intervals and paired tests.
+
+    Each seed here is a different trained model, so greedy answers change with the seed: the greedy
+    condition gets kind ``"greedy per model"`` (still found as ``result["greedy"]`` by its name), which
+    keeps the library from treating its seed-averaged per-problem score as 0/1.
+    """
+    conditions = [ConditionScores(**(c | {"kind": "greedy per model"} if c["kind"] == "greedy" else c))
+                  for c in saved]
+    return EvalResult(config=EvalConfig(k=max(c.k for c in conditions)), conditions=conditions,
+                      prompts=[None] * conditions[0].problems)
+
+
+def columns(k: int) -> dict[str, tuple[str, str]]:
+    """Table column -> (condition kind, metric of :mod:`manyminds.evaluation.intervals`)."""
+    return {"pass@1 greedy": ("greedy", "pass_at_1"), f"pass@{k}": ("samples", "pass_at_k"),
+            f"majority@{k}": ("samples", "majority_at_k"), f"minds majority@{k}": ("minds", "majority_at_k")}
+
+
+def intervals(results: list[EvalResult], k: int) -> dict[str, tuple[float, float]]:
+    """95% interval over problems of each accuracy column, the per-problem scores averaged over the
+    seeds of ``results`` (one :class:`EvalResult` per seed; Wilson for one seed)."""
+    cis = condition_intervals(results)
+    return {col: (cis[results[0][kind].name][metric]["low"], cis[results[0][kind].name][metric]["high"])
+            for col, (kind, metric) in columns(k).items()}
+
+
+def comparisons(results: dict, k: int, baseline: str = "plain") -> list[dict]:
+    """Every method against ``baseline`` on each accuracy column, paired on the same problems
+    (:func:`~manyminds.evaluation.intervals.paired_comparisons` of the seed-averaged per-problem
+    scores). Methods are paired seed by seed, so they need the same number of seeds as ``baseline``."""
+    runs = {m: [rebuild(r["per_problem"]) for r in rs] for m, rs in results["runs"].items()
+            if rs and all("per_problem" in r for r in rs)}
+    if baseline not in runs:
+        return []
+    rows = []
+    for method, evals in runs.items():
+        if method == baseline or len(evals) != len(runs[baseline]):
+            continue
+        for kind, metric in columns(k).values():
+            paired = [EvalResult(config=b.config, prompts=b.prompts, conditions=[
+                dataclasses.replace(b[kind], name=f"{baseline} ({kind})"),
+                dataclasses.replace(m[kind], name=f"{method} ({kind})")]) for b, m in zip(runs[baseline], evals)]
+            rows += paired_comparisons(paired, baseline=f"{baseline} ({kind})", metrics=(metric,))
+    return rows
 
 
 def summarize(results: dict, k: int) -> list[dict]:
@@ -105,19 +174,47 @@ def summarize(results: dict, k: int) -> list[dict]:
             "zero-var groups (train, last 1/4)": stat(last("minds/frac_groups_zero_reward_var")),
             "unique answers/group (train, last 1/4)": stat(last("minds/unique_answers_per_group")),
             "train min/run": stat(lambda r: r["train_seconds"] / 60),
+            "intervals": (intervals([rebuild(run["per_problem"]) for run in runs], k)
+                          if all("per_problem" in run for run in runs) else {}),
         })
     return rows
 
 
-def markdown(rows: list[dict], base: dict, k: int) -> str:
-    cols = [c for c in rows[0] if c not in ("method", "seeds")]
-    lines = ["| method | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-    lines.append(f"| before training | - | {base['greedy']['pass@1']:.3f} | {base['samples'][f'pass@{k}']:.3f} | "
-                 f"{base['samples'][f'majority@{k}']:.3f} | {base['minds'][f'majority@{k}']:.3f} | - | - | - |")
+def _cell(value: float, interval: tuple[float, float] | None) -> str:
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def markdown(rows: list[dict], base: dict, k: int, base_intervals: dict | None = None,
+             paired: list[dict] | None = None) -> str:
+    """The summary table (accuracies: mean ± sd over seeds [95% CI over problems]) and, when given,
+    the paired comparisons with ``plain``."""
+    base_intervals = base_intervals or {}
+    cols = [c for c in rows[0] if c not in ("method", "seeds", "intervals")]
+    lines = [("Accuracies: mean ± sd over seeds [95% CI over problems: Wilson for one seed, else a bootstrap "
+              "of the seed-averaged per-problem scores]."), "",
+             "| method | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    before = [base["greedy"]["pass@1"], base["samples"][f"pass@{k}"], base["samples"][f"majority@{k}"],
+              base["minds"][f"majority@{k}"]]
+    lines.append("| before training | - | " + " | ".join(_cell(v, base_intervals.get(c)) for c, v in
+                                                        zip(columns(k), before)) + " | - | - | - |")
     for r in rows:
-        cells = [f"{r[c][0]:.3f} ± {r[c][1]:.3f}" if r["seeds"] > 1 else f"{r[c][0]:.3f}" for c in cols]
+        cells = []
+        for c in cols:
+            mean, sd = r[c]
+            cell = f"{mean:.3f} ± {sd:.3f}" if r["seeds"] > 1 else f"{mean:.3f}"
+            interval = r["intervals"].get(c)
+            cells.append(cell + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
         lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", comparisons_markdown(paired, seeds=max(r["seeds"] for r in rows))]
     return "\n".join(lines)
+
+
+def _line(result: EvalResult, k: int) -> str:
+    """One console line: greedy pass@1, pass@k and majority@k of the samples, with 95% intervals."""
+    cis = intervals([result], k)
+    values = [result["greedy"].pass_at_1, result["samples"].pass_at_k, result["samples"].majority_at_k]
+    return ", ".join(f"{c} {_cell(v, cis[c])}" for c, v in zip(list(columns(k))[:3], values))
 
 
 def plot(results: dict, path: str, k: int) -> None:
@@ -182,22 +279,27 @@ def main():
     test_rows = load_task("arith", split="test", n=opts.n_test, seed=0)
 
     base_model, base_tok = manyminds.load(opts.model)
-    results = {"settings": vars(opts), "before": eval_model(base_model, base_tok, test_rows, opts, 0), "runs": {}}
+    before = eval_model(base_model, base_tok, test_rows, opts, 0)
+    results = {"settings": vars(opts), "before": scores(before), "before_per_problem": saved_conditions(before),
+               "runs": {}}
     del base_model
-    print(f"before training: {json.dumps(results['before']['greedy'])}", flush=True)
+    print(f"before training: {_line(before, opts.k)}", flush=True)
     for method in methods:
         results["runs"][method] = []
         for seed in seeds:
             model, tok, curves, secs = train_one(method, seed, opts, train_rows,
                                                  os.path.join(opts.out, f"{method}-{seed}"))
-            ev = eval_model(model, tok, test_rows, opts, seed)
-            results["runs"][method].append({"seed": seed, "curves": curves, "eval": ev, "train_seconds": secs})
-            print(f"{method} seed {seed}: {secs / 60:.1f} min, greedy pass@1 {ev['greedy']['pass@1']:.3f}, "
-                  f"pass@{opts.k} {ev['samples'][f'pass@{opts.k}']:.3f}, majority@{opts.k} "
-                  f"{ev['samples'][f'majority@{opts.k}']:.3f}", flush=True)
+            result = eval_model(model, tok, test_rows, opts, seed)
+            results["runs"][method].append({"seed": seed, "curves": curves, "eval": scores(result),
+                                            "per_problem": saved_conditions(result), "train_seconds": secs})
+            print(f"{method} seed {seed}: {secs / 60:.1f} min, {_line(result, opts.k)}", flush=True)
             with open(os.path.join(opts.out, "results.json"), "w") as f:
                 json.dump(results, f, indent=1)
-    table = markdown(summarize(results, opts.k), results["before"], opts.k)
+    results["comparisons"] = comparisons(results, opts.k)
+    with open(os.path.join(opts.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(summarize(results, opts.k), results["before"], opts.k,
+                     intervals([rebuild(results["before_per_problem"])], opts.k), results["comparisons"])
     with open(os.path.join(opts.out, "summary.md"), "w") as f:
         f.write(table + "\n")
     plot(results, os.path.join(opts.out, "rl_evidence.png"), opts.k)

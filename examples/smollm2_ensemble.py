@@ -13,7 +13,10 @@ after a short CPU-sized training run:
   over the mixture-decoded answer; and on the reference completion) for ``@`` prompts vs controls;
 - control accuracy: the mixture's greedy answers, and each member's.
 
-The analysis is ``examples/ensemble_evidence.py``'s (:func:`analyse_sft`), reused as is.
+The analysis is ``examples/ensemble_evidence.py``'s (:func:`analyse_sft`), reused as is: 95% intervals
+(stratified bootstrap for AUROCs, Wilson for control accuracies), per-example scores and outcomes in
+``results.json`` (``per_example``), and, with more than one alpha, each alpha compared with the first on
+the same test examples (:func:`sft_comparisons`: paired AUROC bootstrap, exact McNemar).
 
     python examples/smollm2_ensemble.py --quick       # smoke run: 3 steps, 8 test prompts
     python examples/smollm2_ensemble.py               # full: see docs/real-lm.md for the run time
@@ -54,20 +57,29 @@ def _fmt_list(xs) -> str:
     return "[" + ", ".join("-" if x is None else f"{x:.2f}" for x in xs) + "]"
 
 
+SAME_SCORES = (("max_epistemic", "max_epistemic"), ("reference_epistemic", "reference_epistemic"),
+               ("total_entropy", "total_entropy"))
+
+
 def table(results: dict) -> str:
-    lines = [("| alpha | route shares (train) | resp. @ as + | resp. @ as - | resp. control | AUROC max-MI "
+    lines = ["95% intervals: stratified bootstrap over test examples for AUROCs, Wilson for accuracies.", "",
+             ("| alpha | route shares (train) | resp. @ as + | resp. @ as - | resp. control | AUROC max-MI "
               "| AUROC MI(ref) | AUROC total entropy | mixture control acc | member control acc |"), "|" + "---|" * 10]
     for name, r in results["runs"].items():
         resp = r["responsibilities"]
+        members = "; ".join(ev._ci(m["control_accuracy"], r.get("intervals", {}).get(f"member_{k}_control_accuracy"))
+                            for k, m in enumerate(r["per_member"]))
         lines.append(f"| {name} | {_fmt_list(r['route_shares'])} | {_fmt_list(resp['plus'])} | {_fmt_list(resp['minus'])} | "
-                     f"{_fmt_list(resp['none'])} | {ev._fmt(r['auroc_max_epistemic'])} | "
-                     f"{ev._fmt(r['auroc_reference_epistemic'])} | {ev._fmt(r['auroc_total_entropy'])} | "
-                     f"{r['mixture_control_accuracy']:.2f} | "
-                     f"{_fmt_list([m['control_accuracy'] for m in r['per_member']])} |")
+                     f"{_fmt_list(resp['none'])} | {ev._with_ci(r, 'auroc_max_epistemic')} | "
+                     f"{ev._with_ci(r, 'auroc_reference_epistemic')} | {ev._with_ci(r, 'auroc_total_entropy')} | "
+                     f"{ev._with_ci(r, 'mixture_control_accuracy')} | {members} |")
     lines += ["", "Per member: share of `@` prompts answered as plus / as minus:", ""]
     for name, r in results["runs"].items():
         lines.append(f"- {name}: " + ", ".join(f"m{k}: {m['at_as_plus']:.2f}/{m['at_as_minus']:.2f}"
                                                for k, m in enumerate(r["per_member"])))
+    if results.get("comparisons"):
+        lines += ["", "Paired on the same test examples (AUROC: paired stratified bootstrap; accuracy: exact McNemar):",
+                  "", ev.comparisons_markdown(results["comparisons"])]
     return "\n".join(lines) + "\n"
 
 
@@ -116,11 +128,14 @@ def main(argv=None) -> None:
         r["route_shares"] = route_shares(log_history, args.members)
         r["final_loss"] = next((row["loss"] for row in reversed(log_history) if "loss" in row), None)
         results["runs"][name] = r
-        print(f"{name}: AUROC max-MI {ev._fmt(r['auroc_max_epistemic'])}  MI(ref) "
-              f"{ev._fmt(r['auroc_reference_epistemic'])}  mixture control acc {r['mixture_control_accuracy']:.2f}  "
+        print(f"{name}: AUROC max-MI {ev._with_ci(r, 'auroc_max_epistemic')}  MI(ref) "
+              f"{ev._with_ci(r, 'auroc_reference_epistemic')}  mixture control acc "
+              f"{ev._with_ci(r, 'mixture_control_accuracy')}  "
               f"route shares {r['route_shares']}  ({results['seconds'][f'train {name}']} s train, "
               f"{results['seconds'][f'analyse {name}']} s analyse)", flush=True)
         del ensemble
+    if len(results["runs"]) > 1:  # each alpha against the first (alpha = 0: independent members)
+        results["comparisons"] = ev.sft_comparisons(results["runs"], next(iter(results["runs"])), SAME_SCORES)
     write_results(args.out, results, clock, table(results))
 
 
