@@ -79,8 +79,9 @@ def test_tasks_have_a_conversational_form():
 
 def test_demo_and_eval_agree_in_chat_form(chat_dir, tmp_path):
     common = ["--model", str(chat_dir), "--max-new-tokens", "4", "--temperature", "1.0", "--seed", "0"]
-    out = CliRunner().invoke(app, ["demo", *common, "--problems", "2", "--minds", "2", "--sigmas", "0.5",
-                                   "--no-semantic", "--out-dir", str(tmp_path / "demo")])
+    # a chat model's demo runs facts by default; ask for arith, which eval runs by default
+    out = CliRunner().invoke(app, ["demo", *common, "--task", "arith", "--problems", "2", "--minds", "2",
+                                   "--sigmas", "0.5", "--no-semantic", "--out-dir", str(tmp_path / "demo")])
     assert out.exit_code == 0, out.output
     out = CliRunner().invoke(app, ["eval", *common, "--n", "2", "--k", "2", "--sigma", "0.5",
                                    "--out-dir", str(tmp_path / "eval")])

@@ -15,6 +15,7 @@ from manyminds.cli.eval_common import (
     SEEDS_HELP,
     chat_dataset,
     check_statistics_options,
+    eval_config,
     load_prompts,
     print_statistics,
     run_evaluation,
@@ -38,7 +39,13 @@ def register(app: typer.Typer) -> None:
         sigma: Annotated[list[float] | None, typer.Option(
             "--sigma", help="noise scale of the minds; repeat for a sweep (default 0.02)")] = None,
         mind_seed: Annotated[int, typer.Option("--mind-seed", help="population seed of the minds")] = 0,
-        temperature: Annotated[float, typer.Option("--temperature", help="temperature of the samples")] = 1.0,
+        temperature: Annotated[list[float] | None, typer.Option(
+            "--temperature", help="temperature of the samples; repeat for a sweep (the first is the "
+                                  "baseline; with several, minds are compared at matched diversity and "
+                                  "accuracy) (default 1.0)")] = None,
+        reader: Annotated[str, typer.Option(
+            "--reader", help="how answers are read: final ('####' line), short (free-form short answer, "
+                             "e.g. facts) or auto (short when the data has an 'accepted' column)")] = "auto",
         mind_temperature: Annotated[float, typer.Option(
             "--mind-temperature", help="temperature of each mind (0 = greedy)")] = 0.0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="completion length limit")] = 48,
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
         from manyminds.evaluation.report import (
             conditions_table,
             json_safe,
+            plot_frontiers,
             plot_sweep,
             write_json,
             write_plot,
@@ -68,9 +76,10 @@ def register(app: typer.Typer) -> None:
         from manyminds.evaluation.seeds import mean_conditions, seed_records
 
         check_statistics_options(seeds, confidence)
-        config = EvalConfig(k=k, sigmas=tuple(sigma or (0.02,)), mind_seed=mind_seed, temperature=temperature,
-                            mind_temperature=mind_temperature, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, seed=seed)
+        temps = list(temperature or (1.0,))
+        config = eval_config(EvalConfig, k=k, sigmas=tuple(sigma or (0.02,)), mind_seed=mind_seed,
+                             temperature=temps[0], temperatures=tuple(temps[1:]), mind_temperature=mind_temperature,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, reader=reader)
         rows = load_prompts(task, data, "arith", split, n, data_seed)
         lm, tok = load_model(model)
         chat = use_chat(chat, tok)
@@ -85,6 +94,8 @@ def register(app: typer.Typer) -> None:
             write_json(payload, save)
         plot = (write_plot(plot_sweep, means, path=out_dir / "sigma_sweep.png")
                 if len(config.sigmas) > 1 else None)
+        if config.temperatures:
+            plot = write_plot(plot_frontiers, means, payload["intervals"], path=out_dir / "frontiers.png")
         write_outputs(out_dir, seed_records(runs), payload, plot)
         if as_json:
             typer.echo(json.dumps(json_safe(payload), indent=2))

@@ -70,6 +70,14 @@ def check_statistics_options(seeds: int, confidence: float) -> None:
         raise CLIError(f"--confidence must be in (0, 1), e.g. 0.95 for 95% intervals; got {confidence:g}")
 
 
+def eval_config(cls, **settings):
+    """``cls(**settings)`` (an :class:`~manyminds.evaluation.EvalConfig`), a bad setting as one line."""
+    try:
+        return cls(**settings)
+    except ValueError as err:
+        raise CLIError(str(err).replace("temperatures must", "--temperature values must")) from None
+
+
 def run_evaluation(lm, tok, rows, config, seeds: int = 1):
     """:func:`manyminds.evaluation.seeds.evaluate_seeds` with one progress line per condition (and
     seed): one :class:`~manyminds.evaluation.EvalResult` per seed."""

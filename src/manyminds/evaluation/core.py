@@ -4,7 +4,8 @@ Conditions, in order (each answers every prompt; all share :func:`generate_compl
 :func:`score_condition`):
 
 - ``greedy``: the mean (noise-free) model, greedy, one draw (with ``greedy=True``);
-- ``temperature T``: ``k`` samples of the mean model at ``temperature``;
+- ``temperature T`` for ``temperature`` and each further value in ``temperatures`` (a sweep):
+  ``k`` samples of the mean model at ``T``;
 - ``minds sigma=s`` for each ``s`` in ``sigmas``: minds ``0..k-1`` of a
   :class:`~manyminds.population.Population` (seed ``mind_seed``), each greedy or sampling at
   ``mind_temperature``.
@@ -12,7 +13,8 @@ Conditions, in order (each answers every prompt; all share :func:`generate_compl
 Rows are prompt-major (``[P * k]``: prompt ``p``'s draws are rows ``p*k .. p*k+k-1``) and every
 condition's sampling starts from ``torch.manual_seed(seed)`` in a forked RNG, so
 ``manyminds eval``, ``manyminds demo`` and the evidence scripts give the same numbers for the
-same model, problems and settings.
+same model, problems and settings. Completions are read by a :class:`~.readers.Reader`: the
+``####`` line, or (datasets with an ``accepted`` column, such as ``facts``) a free-form short answer.
 
     >>> result = evaluate(model, tokenizer, load_task("arith", split="test", n=100), EvalConfig(k=8))
     >>> result.conditions[0].pass_at_1, result.records()[0]["conditions"]["greedy"]["answers"]
@@ -39,6 +41,8 @@ class EvalConfig:
                                                                        "condition per value"})
     mind_seed: int = field(default=0, metadata={"help": "population seed of the minds"})
     temperature: float = field(default=1.0, metadata={"help": "temperature of the mean model's samples"})
+    temperatures: Sequence[float] = field(default=(), metadata={"help": "further sampling temperatures (a "
+                                                                          "sweep beside the sigma sweep)"})
     mind_temperature: float = field(default=0.0, metadata={"help": "temperature of each mind (0 = greedy)"})
     max_new_tokens: int = field(default=48, metadata={"help": "completion length limit in tokens"})
     batch_size: int = field(default=64, metadata={"help": "generated rows per generate call"})
@@ -46,11 +50,21 @@ class EvalConfig:
     greedy: bool = field(default=True, metadata={"help": "include the greedy mean-model condition"})
     semantic: bool = field(default=False, metadata={"help": "semantic diversity (all-MiniLM-L6-v2, "
                                                             "the diversity extra)"})
+    reader: str = field(default="auto", metadata={"help": "how completions are read: final ('####' line), "
+                                                          "short (free-form short answer) or auto (short "
+                                                          "when the data has an 'accepted' column)"})
 
     def __post_init__(self):
         if isinstance(self.sigmas, (int, float)):
             self.sigmas = (self.sigmas,)
         self.sigmas = tuple(float(s) for s in self.sigmas)
+        if isinstance(self.temperatures, (int, float)):
+            self.temperatures = (self.temperatures,)
+        self.temperatures = tuple(float(t) for t in self.temperatures if float(t) != float(self.temperature))
+        if any(not (t > 0 and math.isfinite(t)) for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite and > 0 for sampling, got {list(self.temperatures)}")
+        if self.reader not in ("auto", "final", "short"):
+            raise ValueError(f"reader must be auto, final or short, got {self.reader!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if any(not (s >= 0 and math.isfinite(s)) for s in self.sigmas):
@@ -68,8 +82,9 @@ def condition_plan(config: EvalConfig) -> list[dict]:
     plan = []
     if config.greedy:
         plan.append({"name": "greedy", "kind": "greedy", "sigma": 0.0, "temperature": 0.0, "k": 1})
-    plan.append({"name": f"temperature {config.temperature:g}", "kind": "samples", "sigma": 0.0,
-                 "temperature": config.temperature, "k": config.k})
+    for t in dict.fromkeys((config.temperature, *config.temperatures)):
+        plan.append({"name": f"temperature {t:g}", "kind": "samples", "sigma": 0.0, "temperature": t,
+                     "k": config.k})
     suffix = f" T={config.mind_temperature:g}" if config.mind_temperature > 0 else ""
     for s in config.sigmas:
         plan.append({"name": f"minds sigma={s:g}{suffix}", "kind": "minds", "sigma": s,
@@ -98,7 +113,8 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready: settings and one entry per condition (no per-prompt draws)."""
-        return {"n_prompts": self.n_prompts, "config": asdict(self.config) | {"sigmas": list(self.config.sigmas)},
+        return {"n_prompts": self.n_prompts, "config": asdict(self.config) | {
+                    "sigmas": list(self.config.sigmas), "temperatures": list(self.config.temperatures)},
                 "conditions": [c.to_dict() for c in self.conditions]}
 
     def records(self) -> list[dict]:
@@ -121,7 +137,8 @@ def build_records(prompts: Sequence, answers: Sequence | None, conditions: Seque
 
 
 def read_prompts(dataset) -> tuple[list, list[str] | None]:
-    """``prompt`` (text or conversation) and ``answer`` (if present) columns of a dataset or list of dicts."""
+    """``prompt`` (text or conversation) and ``answer`` (if present) columns of a dataset or list of dicts
+    (``answer`` is the reference of the final reader; see :func:`read_references` for the others)."""
     columns = getattr(dataset, "column_names", None) or (list(dataset[0]) if len(dataset) else [])
     if "prompt" not in columns:
         raise ValueError(f"the evaluation dataset needs a 'prompt' column; it has: {', '.join(columns) or 'none'}")
@@ -132,6 +149,27 @@ def read_prompts(dataset) -> tuple[list, list[str] | None]:
         return prompts, None
     answers = list(dataset["answer"]) if hasattr(dataset, "column_names") else [r["answer"] for r in dataset]
     return prompts, [str(a) for a in answers]
+
+
+def _columns(dataset) -> list[str]:
+    return list(getattr(dataset, "column_names", None) or (list(dataset[0]) if len(dataset) else []))
+
+
+def read_references(dataset, reader) -> list | None:
+    """``[P]`` references of ``reader``: the ``answer`` column, or for the short reader the
+    ``accepted`` column (lists of accepted answers; ``[answer]`` where it is missing)."""
+    if reader.name != "short" or "accepted" not in _columns(dataset):
+        return read_prompts(dataset)[1]
+    rows = dataset if not hasattr(dataset, "column_names") else dataset.to_list()
+    return [list(r["accepted"]) if r.get("accepted") else [str(r["answer"])] for r in rows]
+
+
+def question_text(prompt) -> str:
+    """The last user turn of a conversation, or the text prompt itself (what a reader's key drops)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1]) if users else ""
 
 
 def evaluate(model, tokenizer, dataset, config: EvalConfig | None = None,
@@ -150,11 +188,15 @@ def evaluate(model, tokenizer, dataset, config: EvalConfig | None = None,
     from manyminds.population import Population
 
     from .generation import generate_completions
+    from .readers import reader_for
 
     config = config or EvalConfig()
     prompts, answers = read_prompts(dataset)
     if answers is None:
         raise ValueError("the evaluation dataset needs an 'answer' column (the gold final answer)")
+    reader = reader_for(config.reader, _columns(dataset))
+    references = read_references(dataset, reader)
+    questions = [question_text(p) for p in prompts]
     results = []
     for cond in condition_plan(config):
         k = cond["k"]
@@ -180,8 +222,9 @@ def evaluate(model, tokenizer, dataset, config: EvalConfig | None = None,
             flat = generate_completions(model, tokenizer, rows, **gen)
         seconds = time.perf_counter() - start
         grid = [flat[i:i + k] for i in range(0, len(flat), k)]  # [P][k]
-        results.append(score_condition(cond["name"], cond["kind"], grid, answers, sigma=cond["sigma"],
+        results.append(score_condition(cond["name"], cond["kind"], grid, references, sigma=cond["sigma"],
                                        temperature=cond["temperature"], seconds=seconds,
                                        semantic=config.semantic,
-                                       draw_ids=list(range(k)) if cond["kind"] == "minds" else None))
+                                       draw_ids=list(range(k)) if cond["kind"] == "minds" else None,
+                                       reader=reader, questions=questions))
     return EvalResult(config=config, conditions=results, prompts=prompts, answers=answers)

@@ -48,7 +48,7 @@ from .stats import (
 )
 
 __all__ = ["METRICS", "comparisons_vs_baselines", "condition_intervals", "ensemble_intervals", "is_binary",
-           "paired_comparisons", "per_problem"]
+           "matched_temperatures", "paired_comparisons", "per_problem"]
 
 METRICS = ("pass_at_1", "pass_at_k", "majority_at_k")
 N_BOOT = 10_000
@@ -153,16 +153,53 @@ def paired_comparisons(result, baseline: str = "greedy", metrics: Sequence[str] 
     return rows
 
 
+def matched_temperatures(result) -> dict[str, dict[str, str]]:
+    """For each minds condition, the temperature condition closest to it in diversity (mean unique
+    answers per problem) and in per-answer accuracy (pass@1), both averaged over seeds:
+    ``{minds name: {"diversity": temperature name, "accuracy": temperature name}}`` (empty when
+    there is no temperature condition). Ties go to the first temperature of the plan."""
+    runs = _runs(result)
+    names = [c.name for c in runs[0].conditions]
+
+    def mean(name, attr):
+        return float(np.mean([getattr(r[name], attr) for r in runs]))
+
+    temps = [c.name for c in runs[0].conditions if c.kind == "samples"]
+    if not temps:
+        return {}
+    out = {}
+    for name in names:
+        if runs[0][name].kind != "minds":
+            continue
+        out[name] = {match: min(temps, key=lambda t: abs(mean(t, attr) - mean(name, attr)))
+                     for match, attr in (("diversity", "unique_answers"), ("accuracy", "pass_at_1"))}
+    return out
+
+
 def comparisons_vs_baselines(result, confidence: float = 0.95, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
-    """Every condition vs greedy, and every minds condition vs temperature sampling (when present)."""
+    """Every condition vs greedy, and every minds condition vs temperature sampling (when present).
+
+    With one temperature, minds are compared with it. With a temperature sweep, each minds condition
+    is compared with the temperature closest to it in diversity and with the one closest in
+    per-answer accuracy (:func:`matched_temperatures`; rows carry ``"match"``), which is the question
+    "do minds beat sampling at equal diversity / equal accuracy?" on the sweep's grid."""
     runs = _runs(result)
     kinds = {c.kind for c in runs[0].conditions}
     rows = []
     if "greedy" in kinds:
         rows += paired_comparisons(runs, "greedy", confidence=confidence, n_boot=n_boot, seed=seed)
     if "samples" in kinds and "minds" in kinds:
-        rows += paired_comparisons(runs, "samples", kinds=("minds",), confidence=confidence, n_boot=n_boot,
-                                   seed=seed)
+        temps = [c for c in runs[0].conditions if c.kind == "samples"]
+        if len(temps) == 1:
+            return rows + paired_comparisons(runs, "samples", kinds=("minds",), confidence=confidence,
+                                             n_boot=n_boot, seed=seed)
+        for name, matched in matched_temperatures(runs).items():
+            for temp in dict.fromkeys(matched.values()):
+                match = "+".join(m for m, t in matched.items() if t == temp)
+                for row in paired_comparisons(runs, temp, kinds=("minds",), confidence=confidence,
+                                              n_boot=n_boot, seed=seed):
+                    if row["condition"] == name:
+                        rows.append(row | {"match": match})
     return rows
 
 

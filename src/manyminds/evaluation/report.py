@@ -14,8 +14,8 @@ from pathlib import Path
 from manyminds.files import atomic_write_text
 
 __all__ = ["comparisons_markdown", "comparisons_table", "conditions_markdown", "conditions_table",
-           "intervals_markdown", "intervals_table", "json_safe", "plot_risk_coverage", "plot_sweep", "write_json",
-           "write_jsonl", "write_plot", "write_text"]
+           "intervals_markdown", "intervals_table", "json_safe", "plot_frontiers", "plot_risk_coverage", "plot_sweep",
+           "write_json", "write_jsonl", "write_plot", "write_text"]
 
 
 def _pct(x) -> str:
@@ -104,9 +104,17 @@ def intervals_table(intervals: dict, confidence: float = 0.95, seeds: int = 1, t
     return table
 
 
-def comparisons_caption(seeds: int = 1) -> str:
+def comparisons_caption(seeds: int = 1, matched: bool = False) -> str:
     return ("Δ in points, paired on the same problems; p: exact McNemar for 0/1 per-problem outcomes, paired "
-            "bootstrap otherwise" + (f" (scores seed-averaged over {seeds} seeds)" if seeds > 1 else ""))
+            "bootstrap otherwise" + (f" (scores seed-averaged over {seeds} seeds)" if seeds > 1 else "")
+            + ("; =div / =acc: the temperature closest in unique answers / in pass@1" if matched else ""))
+
+
+def _vs(row: dict) -> str:
+    """The baseline's cell: ``T=0.7``, or ``T=0.7 =div`` for a temperature matched in diversity."""
+    match = row.get("match")
+    tags = {"diversity": "=div", "accuracy": "=acc", "diversity+accuracy": "=div,acc"}
+    return short_name(row["baseline"]) + (f" {tags.get(match, match)}" if match else "")
 
 
 def comparisons_table(rows: Sequence[dict], confidence: float = 0.95, seeds: int = 1, title: str | None = None):
@@ -114,15 +122,15 @@ def comparisons_table(rows: Sequence[dict], confidence: float = 0.95, seeds: int
     baseline, metric, ``Δ [CI]`` in points and the p-value (fits 80 columns)."""
     from rich.table import Table
 
-    table = Table(title=title or "paired differences", title_justify="left", caption=comparisons_caption(seeds),
-                  caption_justify="left")
+    matched = any(row.get("match") for row in rows)
+    table = Table(title=title or "paired differences", title_justify="left",
+                  caption=comparisons_caption(seeds, matched), caption_justify="left")
     for col in ("condition", "vs", "metric"):
         table.add_column(col, no_wrap=True)
     table.add_column(f"Δ [{confidence:.0%} CI]", justify="right", no_wrap=True)
     table.add_column("p", justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(short_name(row["condition"]), short_name(row["baseline"]), _METRIC_NAMES[row["metric"]],
-                      _diff(row), _p(row["p"]))
+        table.add_row(short_name(row["condition"]), _vs(row), _METRIC_NAMES[row["metric"]], _diff(row), _p(row["p"]))
     return table
 
 
@@ -142,9 +150,9 @@ def comparisons_markdown(rows: Sequence[dict], confidence: float = 0.95, seeds: 
     """:func:`comparisons_table` as markdown, with the test of each p-value."""
     lines = [f"| condition | vs | metric | Δ [{confidence:.0%} CI] (points) | p | test |", "|" + "---|" * 6]
     for row in rows:
-        lines.append(f"| {row['condition']} | {row['baseline']} | {_METRIC_NAMES[row['metric']]} | {_diff(row)} | "
+        lines.append(f"| {row['condition']} | {_vs(row)} | {_METRIC_NAMES[row['metric']]} | {_diff(row)} | "
                      f"{_p(row['p'])} | {row['test']} |")
-    return comparisons_caption(seeds) + "\n\n" + "\n".join(lines)
+    return comparisons_caption(seeds, any(row.get("match") for row in rows)) + "\n\n" + "\n".join(lines)
 
 
 def write_text(path, text: str) -> Path:
@@ -253,6 +261,59 @@ def plot_risk_coverage(curves: dict[str, tuple[Sequence[float], Sequence[float]]
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_frontiers(conditions, intervals: dict | None, path) -> None:
+    """PNG with two frontiers, one line per family (minds over sigma, sampling over temperature),
+    greedy as a point: (left) diversity (mean unique answers per problem) vs per-answer accuracy,
+    (right) per-answer accuracy vs pass@k and majority@k. ``intervals``
+    (:func:`~manyminds.evaluation.intervals.condition_intervals`) adds 95% error bars on accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = {"minds": sorted((c for c in conditions if c.kind == "minds"), key=lambda c: c.sigma),
+                "temperature": sorted((c for c in conditions if c.kind == "samples"), key=lambda c: c.temperature)}
+    greedy = next((c for c in conditions if c.kind == "greedy"), None)
+    colors = {"minds": "tab:green", "temperature": "tab:orange"}
+
+    def err(cs, metric):
+        if not intervals:
+            return None
+        lo = [getattr(c, metric) - intervals[c.name][metric]["low"] for c in cs]
+        hi = [intervals[c.name][metric]["high"] - getattr(c, metric) for c in cs]
+        return [lo, hi]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for fam, cs in families.items():
+        if not cs:
+            continue
+        labels = [f"σ={c.sigma:g}" if fam == "minds" else f"T={c.temperature:g}" for c in cs]
+        x = [c.unique_answers for c in cs]
+        y = [c.pass_at_1 for c in cs]
+        left.errorbar(x, y, yerr=err(cs, "pass_at_1"), fmt="o-", color=colors[fam], capsize=3, label=fam)
+        for xi, yi, lab in zip(x, y, labels):
+            left.annotate(lab, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for metric, style in (("pass_at_k", "s-"), ("majority_at_k", "^--")):
+            right.errorbar(y, [getattr(c, metric) for c in cs], yerr=err(cs, metric), fmt=style, capsize=3,
+                           color=colors[fam], label=f"{fam}: {'pass@k' if metric == 'pass_at_k' else 'maj@k'}")
+    if greedy is not None:
+        left.plot([1.0], [greedy.pass_at_1], "k*", markersize=10, label="greedy")
+        right.plot([greedy.pass_at_1], [greedy.pass_at_1], "k*", markersize=10, label="greedy")
+    k = max((c.k for c in conditions), default=1)
+    left.set_xlabel("diversity: unique answers per problem")
+    left.set_ylabel("per-answer accuracy (pass@1)")
+    left.set_title("diversity vs coherence")
+    right.set_xlabel("per-answer accuracy (pass@1)")
+    right.set_ylabel(f"accuracy of {k} answers")
+    right.set_title(f"pass@{k} and majority of {k}")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

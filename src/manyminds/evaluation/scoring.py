@@ -1,13 +1,14 @@
 """The one scorer of every evaluation condition.
 
 A *condition* answers each of ``P`` prompts ``k`` times (``grid[p][j]``: draw ``j`` for prompt
-``p``; ``k = 1`` for greedy decoding). Each draw's final answer is
-:func:`manyminds.tasks.extract_answer` of its completion and is correct when it equals the
-prompt's normalised ``answer`` (:func:`manyminds.tasks.verify_answer`). Per condition:
+``p``; ``k = 1`` for greedy decoding). A :class:`~manyminds.evaluation.readers.Reader` reads each
+draw: its answer key (what votes compare; default :data:`~manyminds.evaluation.readers.FINAL_ANSWER`,
+the ``####`` line) and its correctness against the prompt's reference. Per condition:
 
 - ``pass_at_1``: mean correctness of a single draw (= mean per-mind accuracy);
 - ``pass_at_k``: unbiased pass@k over the ``k`` draws (Chen et al. 2021);
-- ``majority_at_k``: accuracy of the majority final answer (:func:`manyminds.metrics.majority_vote`);
+- ``majority_at_k``: accuracy of the majority answer key (:func:`manyminds.metrics.majority_vote`;
+  correct when the first draw with that key is);
 - ``unique_answers``: mean number of distinct final answers per prompt;
 - ``answer_rate``: share of draws with an extractable final answer;
 - ``distinct_2``, ``self_bleu``: lexical diversity on characters, averaged over prompts;
@@ -21,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from manyminds import metrics
-from manyminds.tasks import extract_answer, normalize_answer
+
+from .readers import FINAL_ANSWER, Reader
 
 __all__ = ["ConditionScores", "score_condition"]
 
@@ -56,29 +58,36 @@ class ConditionScores:
 
 def score_condition(name: str, kind: str, grid: Sequence[Sequence[str]], references: Sequence[str] | None,
                     sigma: float = 0.0, temperature: float = 0.0, seconds: float = 0.0,
-                    semantic: bool = False, draw_ids: Sequence[int] | None = None) -> ConditionScores:
+                    semantic: bool = False, draw_ids: Sequence[int] | None = None,
+                    reader: Reader = FINAL_ANSWER, questions: Sequence[str] | None = None) -> ConditionScores:
     """Score ``grid[p][j]`` (draw ``j`` for prompt ``p``) against ``references[p]``.
 
     Args:
-        references: ``[P]`` gold answers; ``None`` (no ``answer`` column) scores correctness as NaN.
+        references: ``[P]`` references of ``reader`` (gold answers; accepted-answer lists for the
+            short reader); ``None`` (no ``answer`` column) scores correctness as NaN.
         draw_ids: ids of the draws (mind or member ids), written into each per-prompt record.
+        reader: how a draw is read (:mod:`.readers`).
+        questions: ``[P]`` question texts, for readers whose key drops the question's words.
     """
     if not grid:
         raise ValueError("nothing to score: no prompts")
     if references is not None and len(references) != len(grid):
         raise ValueError(f"{len(grid)} prompts of completions but {len(references)} answers")
     k = len(grid[0])
-    refs = None if references is None else [normalize_answer(str(r)) for r in references]
-    answers = [[extract_answer(t) for t in row] for row in grid]
+    questions = [""] * len(grid) if questions is None else list(questions)
+    answers = [[reader.key(t, q) for t in row] for row, q in zip(grid, questions)]
     voted = [metrics.majority_vote(row) for row in answers]
     nan = float("nan")
-    if refs is not None:
-        correct = [[float(a is not None and a == r) for a in row] for row, r in zip(answers, refs)]
+    if references is not None:
+        correct = [[float(a is not None and reader.correct(t, ref)) for t, a in zip(row, keys)]
+                   for row, keys, ref in zip(grid, answers, references)]
+        majority_correct = [float(v is not None and c[keys.index(v)] > 0)
+                            for v, c, keys in zip(voted, correct, answers)]
         pass1 = sum(map(sum, correct)) / sum(len(row) for row in correct)
         passk = metrics.mean_pass_at_k(correct, k)
-        majority = metrics.accuracy(voted, refs)
+        majority = sum(majority_correct) / len(majority_correct)
     else:
-        correct, pass1, passk, majority = None, nan, nan, nan
+        correct, majority_correct, pass1, passk, majority = None, None, nan, nan, nan
     sem = None
     if semantic and k >= 2:
         try:
@@ -94,7 +103,7 @@ def score_condition(name: str, kind: str, grid: Sequence[Sequence[str]], referen
             rec["ids"] = list(draw_ids)
         if correct is not None:
             rec["correct"] = correct[p]
-            rec["majority_correct"] = float(voted[p] is not None and voted[p] == refs[p])
+            rec["majority_correct"] = majority_correct[p]
         per_prompt.append(rec)
     return ConditionScores(
         name=name, kind=kind, sigma=float(sigma), temperature=float(temperature), k=k, problems=len(grid),

@@ -36,7 +36,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-__all__ = ["first_sentence", "is_correct", "names_answer", "normalize_text", "reply_key"]
+__all__ = ["answer_key", "first_sentence", "is_correct", "names_answer", "normalize_text", "reply_key"]
 
 ARTICLES = frozenset({"a", "an", "the"})
 NEGATIONS = frozenset({"not", "no", "never", "isnt", "arent", "wasnt", "werent", "doesnt", "dont",
@@ -165,3 +165,34 @@ def reply_key(reply: str | None) -> str | None:
     """
     key = normalize_text(first_sentence(reply))
     return key or None
+
+
+FILLER = frozenset({"is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "by", "of", "in",
+                    "on", "at", "to", "and", "called", "known", "as", "named", "has", "have", "for", "which",
+                    "answer", "i", "think", "believe", "would", "say"})
+"""Words an :func:`answer_key` drops besides the question's own words."""
+
+
+_CLAUSE_END = re.compile(r"[,;:]\s|\s[-\u2013\u2014]\s|\s\(")
+
+
+def answer_key(reply: str | None, question: str = "") -> str | None:
+    """What a vote over free-form replies compares: the words of the first clause of the first
+    sentence (cut at ``", "``, ``";"``, ``":"``, a dash or ``"("``) that are neither in ``question``
+    nor in :data:`FILLER` (``None`` for an empty reply; the whole normalized clause when nothing else
+    is left). Gold answers are not used, so correct and wrong replies are grouped by the same rule.
+
+        >>> answer_key("The capital of France is Paris, a city of light.", "What is the capital of France?")
+        'paris'
+        >>> answer_key("Paris is the capital of France!", "What is the capital of France?")
+        'paris'
+        >>> answer_key("It is Lyon (I think).", "What is the capital of France?")
+        'lyon'
+    """
+    clause = _CLAUSE_END.split(first_sentence(reply), maxsplit=1)[0]
+    words = normalize_text(clause)
+    if not words:
+        return None
+    asked = set(normalize_text(question).split())
+    left = [w for w in words.split() if w not in asked and w not in FILLER]
+    return " ".join(left) or words
