@@ -1,13 +1,14 @@
 """Per-row helpers that the population, the ensemble and the trainers share.
 
-- ids: one integer id per batch row (``-1`` = the unchanged model), checked by
-  :func:`check_row_ids` and expanded to ``generate``'s ``n * B`` rows by :func:`expand_row_ids`
-  (mind ids of a :class:`~manyminds.population.Population`, member ids of an
-  :class:`~manyminds.ensemble.EnsembleLoRA`);
+- ids and the prompt-major row plan (defined in :mod:`manyminds.row_plan`, re-exported here):
+  :func:`check_row_ids`, :func:`expand_row_ids`; ``k`` rows per prompt, row ``p*k + j`` is prompt
+  ``p`` under id ``ids[j]`` (:func:`repeat_prompts`, :func:`grid_ids`, :func:`prompt_grid`,
+  :func:`group_rows`);
 - prompts: plain text or TRL conversations (lists of ``{"role", "content"}`` messages), normalised by
   :func:`prompt_list` and tokenised once, the way TRL 1.16's GRPOTrainer does, by
   :func:`tokenize_prompts` (generation, evaluation, calibration, the population and mixture
   decoding all use it), left-padded by :func:`pad_left` with :func:`pad_id_of` (the one pad policy);
+  a person's plain-text prompt becomes a user turn for a chat model by :func:`user_prompts`;
 - tokenised training rows: prompt + completion with a completion mask, tokenised as TRL 1.16's
   SFTTrainer / DPOTrainer do (the chat template applied once to the whole conversation, the
   prompt part found as the common prefix), prompts cut from the left (:func:`encode_completions`,
@@ -26,11 +27,18 @@ Nothing here imports another part of ``manyminds``.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 
+from manyminds.row_plan import (
+    check_row_ids,
+    expand_row_ids,
+    grid_ids,
+    group_rows,
+    prompt_grid,
+    repeat_prompts,
+)
 from manyminds.row_sizes import (
     MAX_FIELD_CHARS,
     check_csv_sizes,
@@ -44,52 +52,10 @@ from manyminds.row_sizes import (
 __all__ = ["LOGPS_BLOCK_ELEMENTS", "MAX_FIELD_CHARS", "check_context", "check_csv_sizes",
            "check_file_sizes", "check_jsonl_sizes", "check_parquet_sizes", "check_row_ids",
            "check_row_sizes", "common_prefix_length", "encode_completions", "encode_pair",
-           "expand_row_ids", "has_chat_template", "is_conversational", "logit_blocks", "pad_id_of",
-           "pad_left", "pad_rows", "prompt_list", "selected_log_probs", "sequence_token_logps",
-           "tokenize_prompts", "truncate_prompt_left", "user_message"]
-
-
-def check_row_ids(ids, what: str = "mind") -> torch.Tensor:
-    """Validate per-row ids -> a CPU ``LongTensor [B]``.
-
-    Accepts a list/tuple of ints or an integer tensor ``[B]``; ``-1`` is the unperturbed model.
-    ``what`` names the ids in errors (``"mind"``; the ensemble passes ``"member"``).
-    """
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"{what} ids must be integers, got a {ids.dtype} tensor")
-        if ids.dim() != 1:
-            raise ValueError(f"{what} ids must be one id per batch row (a 1-D tensor), got shape {tuple(ids.shape)}")
-        out = ids.detach().to("cpu", torch.long)
-    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        for i in ids:
-            scalar_tensor = isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point
-            if isinstance(i, bool) or not (isinstance(i, numbers.Integral) or scalar_tensor):
-                raise TypeError(f"{what} ids must be integers, got {i!r}")
-        out = torch.tensor([int(i) for i in ids], dtype=torch.long)
-    else:
-        raise TypeError(f"{what} ids must be a list of ints or a LongTensor [B], got {type(ids).__name__}")
-    if out.numel() == 0:
-        raise ValueError(f"{what} ids are empty; pass one id per batch row")
-    if bool((out < -1).any()):
-        raise ValueError(f"{what} ids must be >= 0, or -1 for the unperturbed model; got {int(out.min())}")
-    return out
-
-
-def expand_row_ids(ids: torch.Tensor, batch_size: int, what: str = "mind",
-                   context: str = "the minds() context") -> torch.Tensor:
-    """Ids for a batch of ``batch_size`` rows: ``ids`` itself, or each id repeated ``n`` times in a
-    row (``repeat_interleave``) when ``batch_size == n * len(ids)``, the way ``generate`` expands
-    rows for ``num_return_sequences`` and beams. Any other size raises ``ValueError`` naming
-    ``context`` (the routing context that holds the ids) and ``what`` they are."""
-    n_ids = ids.shape[0]
-    if batch_size == n_ids:
-        return ids
-    if batch_size % n_ids == 0:
-        return ids.repeat_interleave(batch_size // n_ids, dim=0)
-    raise ValueError(f"{context} has {n_ids} {what} ids but the model got a batch of {batch_size} "
-                     f"rows; pass one id per row (rows may only expand to a multiple n * {n_ids}, "
-                     "as with num_return_sequences)")
+           "expand_row_ids", "grid_ids", "group_rows", "has_chat_template", "is_conversational",
+           "logit_blocks", "pad_id_of", "pad_left", "pad_rows", "prompt_grid", "prompt_list",
+           "repeat_prompts", "selected_log_probs", "sequence_token_logps", "tokenize_prompts",
+           "truncate_prompt_left", "user_message", "user_prompts"]
 
 
 def truncate_prompt_left(prompt_ids: list[int], completions: list[list[int]], max_length: int | None,
@@ -143,6 +109,14 @@ def has_chat_template(tokenizer) -> bool:
 def user_message(text: str) -> list[dict]:
     """``text`` as a one-message conversation ``[{"role": "user", "content": text}]``."""
     return [{"role": "user", "content": text}]
+
+
+def user_prompts(tokenizer, texts: Sequence[str]) -> list:
+    """Plain ``texts`` as a person's prompts to this model: one user turn each (:func:`user_message`)
+    when ``tokenizer`` has a chat template, else the texts themselves. ``[N] -> [N]``; encode the
+    result with :func:`tokenize_prompts`."""
+    texts = list(texts)
+    return [user_message(t) for t in texts] if has_chat_template(tokenizer) else texts
 
 
 def prompt_list(prompts) -> list:

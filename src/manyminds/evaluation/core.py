@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from manyminds.rows import group_rows, prompt_grid
+
 from .scoring import ConditionScores, score_condition
 
 __all__ = ["EvalConfig", "EvalResult", "condition_plan", "evaluate"]
@@ -200,7 +202,7 @@ def evaluate(model, tokenizer, dataset, config: EvalConfig | None = None,
     results = []
     for cond in condition_plan(config):
         k = cond["k"]
-        rows = [p for p in prompts for _ in range(k)]  # prompt-major: [P * k]
+        rows, ids = prompt_grid(prompts, k)  # prompt-major: [P * k] rows; minds 0..k-1 answer every prompt
         total, done = len(rows), 0
         if progress:
             progress(cond["name"], 0, total)
@@ -216,12 +218,11 @@ def evaluate(model, tokenizer, dataset, config: EvalConfig | None = None,
         start = time.perf_counter()
         if cond["kind"] == "minds":
             population = Population(model, sigma=cond["sigma"], seed=config.mind_seed)
-            ids = list(range(k)) * len(prompts)  # minds 0..k-1 answer every prompt
             flat = generate_completions(model, tokenizer, rows, population=population, mind_ids=ids, **gen)
         else:
             flat = generate_completions(model, tokenizer, rows, **gen)
         seconds = time.perf_counter() - start
-        grid = [flat[i:i + k] for i in range(0, len(flat), k)]  # [P][k]
+        grid = group_rows(flat, k)  # [P][k]
         results.append(score_condition(cond["name"], cond["kind"], grid, references, sigma=cond["sigma"],
                                        temperature=cond["temperature"], seconds=seconds,
                                        semantic=config.semantic,

@@ -31,7 +31,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import postprocess_generated_text
 
-from manyminds.rows import pad_id_of
+from manyminds.rows import grid_ids, group_rows, pad_id_of, repeat_prompts
 from manyminds.upstream import check_overrides
 
 __all__ = ["ManyMindsLM", "vote_index"]
@@ -201,10 +201,10 @@ class ManyMindsLM(HFLM):
             with self._route([self.single] * context.shape[0]):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
         n, (B, T) = len(self.voters), context.shape
-        rows = context.repeat_interleave(n, dim=0)  # [B*n, T], prompt-major: row b*n + j is voter j
+        rows = repeat_prompts(context, n)  # [B*n, T], prompt-major: row b*n + j is voter j
         mask = generation_kwargs.pop("attention_mask", None)
-        mask = None if mask is None else mask.repeat_interleave(n, dim=0)  # [B*n, T]
-        voters = self.voters * B  # [B*n]
+        mask = None if mask is None else repeat_prompts(mask, n)  # [B*n, T]
+        voters = grid_ids(self.voters, B)  # [B*n]
         step = max(int(self.max_batch_size or B * n), 1)  # rows per generate call: minds=1000 is not one batch
         outs = []
         for start in range(0, B * n, step):
@@ -215,10 +215,10 @@ class ManyMindsLM(HFLM):
                 out = super()._model_generate(rows[start:start + step], max_length, stop, **kwargs)  # [b, T + new_b]
             outs += list(out)
         picks = []
-        for b in range(B):
-            texts = [self._cut(outs[b * n + j][T:].tolist(), stop) for j in range(n)]
+        for b, group in enumerate(group_rows(outs, n)):  # [B][n]
+            texts = [self._cut(row[T:].tolist(), stop) for row in group]
             j, answer = vote_index(texts)
-            picks.append(outs[b * n + j])
+            picks.append(group[j])
             self.votes.append({"prompt": self.tok_decode(context[b].tolist()), "voters": list(self.voters),
                                "continuations": texts, "answer": answer, "winner": self.voters[j]})
         # chunks stop at different lengths: right-pad as one generate call pads its finished rows

@@ -51,7 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from manyminds.rows import has_chat_template, pad_id_of, pad_left, tokenize_prompts, user_message
+from manyminds.rows import (
+    grid_ids,
+    group_rows,
+    pad_id_of,
+    pad_left,
+    repeat_prompts,
+    tokenize_prompts,
+    user_prompts,
+)
 
 from .calibration_config import (
     CalibrationConfig,
@@ -130,10 +138,14 @@ def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
 
 
 def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, as the generation path encodes them (:func:`manyminds.rows.tokenize_prompts`):
-    a user turn of the chat template when the tokenizer has one, else the raw text."""
-    rows = tokenize_prompts(tokenizer, [user_message(p) for p in prompts] if has_chat_template(tokenizer)
-                            else list(prompts))
+    """Token ids of each prompt (:func:`manyminds.rows.tokenize_prompts`): a user turn of the chat
+    template when the tokenizer has one, else the raw text.
+
+    Unlike TRL's rule (plain text encoded as text), a calibration prompt is always a string
+    (:class:`CalibrationConfig` ``prompts``) and is chat-formatted for a chat model, as documented
+    (docs/population.md) and as ``manyminds generate --prompt`` formats its prompts.
+    """
+    rows = tokenize_prompts(tokenizer, user_prompts(tokenizer, prompts))
     for p, r in zip(prompts, rows):
         if not r:
             raise ValueError(f"prompt {p!r} encodes to no token; pass a longer prompt")
@@ -213,9 +225,9 @@ def answer_stats(population: Population, data: CalibrationData, sigma: float, mi
     ``population.with_sigma(sigma)`` (see the module docstring); ``minds=[-1]`` measures the plain model."""
     model = population.model
     n = data.prompt_ids.shape[0]
-    ids = [int(m) for _ in range(n) for m in minds]  # prompt-major rows: [N * M]
-    prompt = data.prompt_ids.repeat_interleave(len(minds), dim=0)  # [N*M, P]
-    mask = data.prompt_mask.repeat_interleave(len(minds), dim=0)
+    ids = grid_ids(minds, n)  # prompt-major rows: [N * M]
+    prompt = repeat_prompts(data.prompt_ids, len(minds))  # [N*M, P]
+    mask = repeat_prompts(data.prompt_mask, len(minds))  # [N*M, P]
     with torch.no_grad(), population.with_sigma(float(sigma)).minds(ids):
         out = model.generate(input_ids=prompt, attention_mask=mask, do_sample=False,
                              max_new_tokens=answer_tokens, pad_token_id=pad_id)
@@ -230,7 +242,7 @@ def answer_stats(population: Population, data: CalibrationData, sigma: float, mi
     coherence = float(((token_logp * keep).sum(-1) / counts).mean())
     answers = [row[k].tolist() for row, k in zip(new, keep)]
     content = [[t for t in a if t not in eos_ids] for a in answers]
-    diversity = sum(answer_diversity(content[i * len(minds):(i + 1) * len(minds)]) for i in range(n)) / n
+    diversity = sum(map(answer_diversity, group_rows(content, len(minds)))) / n  # over [N][M] answers
     texts = tokenizer.batch_decode(content, skip_special_tokens=True)
     repetition = sum(map(is_degenerate, texts)) / len(texts)
     return diversity, coherence, repetition

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from manyminds.metrics import majority_vote, vote_counts
-from manyminds.rows import is_conversational, prompt_list
+from manyminds.rows import group_rows, is_conversational, prompt_grid, prompt_list, repeat_prompts
 
 __all__ = ["VoteResult", "best_of_minds", "generate_grid", "population_vote", "select_minds"]
 
@@ -63,16 +63,15 @@ def generate_grid(population, prompts: Sequence, minds: int | Sequence[int] = 8,
                          "num_return_sequences")
     prompts = prompt_list(prompts)
     ids = _mind_list(minds)
-    rows = [(p, m) for p in prompts for m in ids]
+    rows, row_minds = prompt_grid(prompts, ids)  # prompt-major: [P * k]
     texts: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        texts += population.generate([p for p, _ in chunk], minds=[m for _, m in chunk],
+        texts += population.generate(chunk, minds=row_minds[start:start + batch_size],
                                      tokenizer=tokenizer, **generate_kwargs)
         if progress is not None:
             progress(len(chunk))
-    k = len(ids)
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    return group_rows(texts, len(ids))  # [P][k]
 
 
 @dataclass
@@ -138,12 +137,10 @@ def best_of_minds(population, prompts: Sequence, reward, minds: int | Sequence[i
     prompts = prompt_list(prompts)
     grid = generate_grid(population, prompts, ids, tokenizer=tokenizer, **kwargs)
     k = len(ids)
-    columns = {name: [v for v in values for _ in range(k)] for name, values in (reward_kwargs or {}).items()}
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    scores = _call_reward(reward, flat_prompts, [t for row in grid for t in row], columns)
+    columns = {name: repeat_prompts(values, k) for name, values in (reward_kwargs or {}).items()}
+    scores = _call_reward(reward, repeat_prompts(prompts, k), [t for row in grid for t in row], columns)
     out = []
-    for i, texts in enumerate(grid):
-        row = scores[i * k:(i + 1) * k]
+    for texts, row in zip(grid, group_rows(scores, k)):
         j = max(range(k), key=lambda j: (row[j] if row[j] == row[j] else float("-inf"), -j))
         out.append({"completion": texts[j], "mind": ids[j], "reward": row[j], "rewards": row})
     return out
@@ -177,12 +174,12 @@ def select_minds(population, dataset, reward, n: int = 4, candidates: int | Sequ
     prompts = prompt_list([r[prompt_column] for r in rows])
     grid = generate_grid(population, prompts, ids, tokenizer=tokenizer, **kwargs)
     k = len(ids)
-    columns = {c: [r[c] for r in rows for _ in range(k)] for c in rows[0] if c != prompt_column}
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    scores = _call_reward(reward, flat_prompts, [t for row in grid for t in row], columns)
+    columns = {c: repeat_prompts([r[c] for r in rows], k) for c in rows[0] if c != prompt_column}
+    flat = _call_reward(reward, repeat_prompts(prompts, k), [t for row in grid for t in row], columns)  # [P * k]
+    scores = group_rows(flat, k)  # [P][k]
     means = []
     for j, mind in enumerate(ids):
-        vals = [scores[i * k + j] for i in range(len(prompts))]
+        vals = [row[j] for row in scores]
         means.append((mind, sum(vals) / len(vals)))
     means.sort(key=lambda mv: (-mv[1] if mv[1] == mv[1] else float("inf"), mv[0]))
     return means[:n]

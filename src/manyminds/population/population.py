@@ -30,6 +30,7 @@ from manyminds.rows import (
     expand_row_ids,
     pad_id_of,
     pad_left,
+    prompt_grid,
     prompt_list,
     tokenize_prompts,
 )
@@ -459,8 +460,8 @@ class Population:
         if isinstance(minds, int) and not isinstance(minds, bool):
             if minds < 1:
                 raise ValueError(f"minds={minds}: pass a positive number of minds or a list of ids")
-            texts = [p for p in prompts for _ in range(minds)]
-            return texts, check_row_ids(list(range(minds)) * len(prompts))
+            texts, ids = prompt_grid(prompts, minds)  # prompt-major: [P * minds]
+            return texts, check_row_ids(ids)
         ids = check_row_ids(minds)
         if len(prompts) == 1:
             return prompts * ids.shape[0], ids

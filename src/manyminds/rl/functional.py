@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from manyminds.metrics import unique_answers
+from manyminds.rows import group_rows
 
 
 def truncated_importance_ratio(target_logps: torch.Tensor, behaviour_logps: torch.Tensor,
@@ -104,8 +105,7 @@ def group_unique_answers(answers: Sequence[str | None], num_generations: int) ->
 
     ``None`` (no answer extracted) does not count. Returns ``[N / G]`` counts in ``0..G``.
     """
-    _check_groups(len(answers), num_generations)
-    return [unique_answers(answers[i:i + num_generations]) for i in range(0, len(answers), num_generations)]
+    return [unique_answers(group) for group in group_rows(answers, num_generations)]
 
 
 def zero_variance_fraction(rewards: torch.Tensor, num_generations: int, atol: float = 1e-6) -> float:

@@ -32,6 +32,7 @@ import torch
 from trl.generation.vllm_client import VLLMClient
 
 from manyminds.population.spec import MindSpec
+from manyminds.rows import repeat_prompts
 
 from .serve import GENERATE_ROUTE, LAYOUT_ROUTE, LOAD_WEIGHTS_ROUTE
 
@@ -172,7 +173,7 @@ class MindVLLMClient(VLLMClient):
         specs = [_spec_dict(s) for s in mind_specs]
         prompts = list(prompts)
         if len(specs) == len(prompts) * n and n > 1:  # a mind per completion: one request per completion
-            rows, row_specs, per_row = [p for p in prompts for _ in range(n)], specs, 1
+            rows, row_specs, per_row = repeat_prompts(prompts, n), specs, 1  # prompt-major: [P * n]
         elif len(specs) == len(prompts):
             rows, row_specs, per_row = prompts, specs, n
         else:

@@ -232,8 +232,9 @@ def _rows(prompts, minds) -> tuple[list, list[int]]:
     if minds is None:
         return prompts, [-1] * len(prompts)
     if isinstance(minds, numbers.Integral) and not isinstance(minds, bool):
-        ids = _as_ids(minds)
-        return [p for p in prompts for _ in ids], ids * len(prompts)
+        from manyminds.rows import prompt_grid
+
+        return prompt_grid(prompts, _as_ids(minds))  # prompt-major: [P * minds]
     ids = _as_ids(minds)
     if len(prompts) == 1:
         return prompts * len(ids), ids

@@ -16,6 +16,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from manyminds.rows import encode_pair, pad_id_of, pad_left, pad_rows, tokenize_prompts
+
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = ["\n"] + [chr(i) for i in range(32, 127)]  # newline + printable ASCII
 VOCAB_SIZE = 128  # 99 used ids, rounded up for aligned matmuls
@@ -76,23 +78,14 @@ def training_pool(settings: TrainSettings, per_part: int = 4000) -> list[list[tu
 
 
 def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Right-padded ids [B, T] with labels = -100 on prompt and padding (loss on completion + eos)."""
-    seqs, labels = [], []
-    for prompt, completion in pairs:
-        p = tokenizer(prompt, add_special_tokens=False).input_ids
-        c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        seqs.append(p + c)
-        labels.append([-100] * len(p) + c)
-    T = max(map(len, seqs))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    lab = torch.full((len(seqs), T), -100, dtype=torch.long)
-    att = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
-        att[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` ``[B, T]``: each (prompt,
+    completion) pair tokenised as TRL's SFTTrainer does (:func:`manyminds.rows.encode_pair`: the
+    completion gets the eos), labels ``-100`` on the prompt and the padding (loss on completion + eos)."""
+    rows = [encode_pair(tokenizer, prompt, completion, max_length=None) for prompt, completion in pairs]
+    ids = pad_rows([r["input_ids"] for r in rows], pad_id_of(tokenizer))         # [B, T]
+    mask = pad_rows([[1] * len(r["input_ids"]) for r in rows], 0)                 # [B, T]
+    completion = pad_rows([r["completion_mask"] for r in rows], 0)                # [B, T]
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(completion == 0, -100)}
 
 
 def train(model, tokenizer, settings: TrainSettings, progress=None) -> list[float]:
@@ -138,10 +131,9 @@ def greedy_accuracy(model, tokenizer, rows, batch_size: int = 100, max_new_token
     correct = 0
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True,
-                        add_special_tokens=False, padding_side="left")
+        enc = pad_left(tokenize_prompts(tokenizer, [r["prompt"] for r in chunk]), pad_id_of(tokenizer))  # [b, T]
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += sum(verify_answer(t, r["answer"]) for t, r in zip(texts, chunk))
     return correct / len(rows)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manyminds.progress import progress_bar
+from manyminds.rows import pad_id_of, pad_left, tokenize_prompts, user_prompts
 
 from .cache import sha256_file
 
@@ -179,19 +180,7 @@ def plain_copy(model):
 
 def probe_batch(tokenizer):
     """Chat-formatted probe prompts, left-padded: ``input_ids``, ``attention_mask`` of shape ``[B, T]``."""
-    texts = [chat_prompt(tokenizer, p) for p in PROBE_PROMPTS]
-    tokenizer.padding_side = "left"
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = "right"
-
-
-def chat_prompt(tokenizer, user: str) -> str:
-    """``user`` as one chat turn with the generation prompt (or as is, without a chat template)."""
-    if tokenizer.chat_template is None:
-        return user
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return pad_left(tokenize_prompts(tokenizer, user_prompts(tokenizer, PROBE_PROMPTS)), pad_id_of(tokenizer))
 
 
 def max_logit_diff(a, b, batch) -> float:
@@ -208,11 +197,11 @@ def greedy_answer(model, tokenizer, user: str, max_new_tokens: int = 40) -> str:
     """Greedy continuation of ``user`` as a chat turn, special tokens stripped."""
     import torch
 
-    enc = tokenizer(chat_prompt(tokenizer, user), return_tensors="pt", add_special_tokens=False)
+    enc = pad_left(tokenize_prompts(tokenizer, user_prompts(tokenizer, [user])), pad_id_of(tokenizer))  # [1, T]
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 def convert(entry: GGUFEntry, tmp: Path, show_progress: bool = True) -> dict:
