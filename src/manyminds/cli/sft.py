@@ -7,14 +7,16 @@ Options are the fields of :class:`~manyminds.training.RenyiSFTConfig` and of the
 
 from __future__ import annotations
 
+from functools import partial
+
 import typer
 
 from manyminds.cli.renyi import run_renyi
-from manyminds.cli.train_args import RAW_OPTIONS
+from manyminds.cli.train_args import register_trainer_command
+
+HELP = ("alpha-Renyi SFT of K LoRA members on a frozen base. "
+        "Options: fields of RenyiSFTConfig (sft --help).")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sft", context_settings=RAW_OPTIONS, add_help_option=False)
-    def sft(ctx: typer.Context):
-        """alpha-Renyi SFT of K LoRA members on a frozen base. Options: fields of RenyiSFTConfig (sft --help)."""
-        run_renyi("sft", ctx.args)
+    register_trainer_command(app, "sft", HELP, partial(run_renyi, "sft"))

