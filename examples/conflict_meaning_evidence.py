@@ -52,42 +52,12 @@ import manyminds
 from manyminds.ensemble import mixture_generate
 from manyminds.ensemble.uncertainty import sequence_uncertainty
 from manyminds.evaluation.ensemble import evaluate_ensemble
-from manyminds.evaluation.stats import auroc, auroc_interval
+from manyminds.evaluation.stats import auroc_interval, paired_auroc
 from manyminds.rows import pad_id_of, pad_left, tokenize_prompts
 from manyminds.tasks import load_task
 
 ENSEMBLE_SCORES = ("max_mi", "mean_mi", "ref_mi", "disagreement", "logp_var", "total_mean", "total_max")
 SINGLE_SCORES = ("total_mean", "total_max")
-
-
-def paired_auroc_bootstrap(a, b, labels, confidence: float = 0.95, n_boot: int = 2000,
-                           seed: int = 0) -> tuple[float, tuple[float, float], float]:
-    """``AUROC(a) - AUROC(b)`` on the same items, its percentile interval and a two-sided p-value.
-
-    Each resample draws the positives and the negatives with replacement separately (stratified, as
-    :func:`~manyminds.evaluation.stats.auroc_interval`) and scores both ``a`` and ``b`` on the same
-    draw; ``d*_b`` is the resample's difference. ``p = (1 + #{|d*_b - d| >= |d|}) / (1 + n_boot)``
-    (the bootstrap distribution shifted to the null, as :func:`~manyminds.evaluation.stats.paired_bootstrap`).
-    """
-    a, b, y = np.asarray(a, float), np.asarray(b, float), np.asarray(labels).astype(bool)
-    obs = auroc(a, y) - auroc(b, y)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    rng = np.random.default_rng(seed)
-
-    def area(s, p, n):
-        sp, sn = s[p][:, None], s[n][None, :]                        # [n1, 1], [1, n0]
-        return ((sp > sn).sum() + 0.5 * (sp == sn).sum()) / (p.size * n.size)
-
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        p, n = rng.choice(pos, pos.size), rng.choice(neg, neg.size)
-        diffs[i] = area(a, p, n) - area(b, p, n)
-    q = (1 - confidence) / 2
-    lo, hi = np.quantile(diffs, [q, 1 - q])
-    if obs == 0 and not diffs.any():
-        return 0.0, (0.0, 0.0), 1.0
-    extreme = int((np.abs(diffs - obs) >= abs(obs) - 1e-12).sum())
-    return float(obs), (float(lo), float(hi)), (1 + extreme) / (1 + n_boot)
 
 
 def _operands(prompt: str) -> tuple[int, int]:
@@ -209,7 +179,7 @@ def comparisons(items: dict[str, list[dict]], args) -> list[dict]:
             raise ValueError(f"runs {ra!r} and {rb!r} were scored on different prompts; rerun them together")
         a = [it["scores"][sa] for it in items[ra]]
         b = [it["scores"][sb] for it in items[rb]]
-        diff, (lo, hi), p = paired_auroc_bootstrap(a, b, labels, n_boot=args.n_boot, seed=args.seed)
+        diff, (lo, hi), p = paired_auroc(a, b, labels, n_boot=args.n_boot, seed=args.seed)
         rows.append({"a": f"{ra}: {sa}", "b": f"{rb}: {sb}", "diff": diff, "low": lo, "high": hi, "p": p})
     return rows
 

@@ -42,7 +42,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import manyminds
@@ -56,6 +55,7 @@ from manyminds.evaluation.ensemble import evaluate_ensemble
 from manyminds.evaluation.stats import (
     auroc_interval,
     mcnemar_exact,
+    paired_auroc,
     paired_bootstrap,
     wilson_interval,
 )
@@ -183,40 +183,6 @@ def sft_intervals(run: dict, confidence: float = 0.95) -> dict[str, dict]:
             lo, hi = wilson_interval(hits, len(control), confidence)
             out[key] = {"value": hits / len(control), "low": lo, "high": hi, "method": "wilson"}
     return out
-
-
-def _auroc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
-                 / (pos.size * neg.size))  # [n1, n0] comparisons
-
-
-def paired_auroc(scores_a, scores_b, labels, confidence: float = 0.95, n_boot: int = 2_000,
-                 seed: int = 0) -> tuple[float, tuple[float, float], float]:
-    """Difference of two AUROCs on the same examples, ``AUROC(a) - AUROC(b)``, with a paired stratified bootstrap.
-
-    Each of ``n_boot`` resamples (``numpy.random.default_rng(seed)``) draws the ``n1`` positive and the
-    ``n0`` negative examples with replacement (as :func:`~manyminds.evaluation.stats.auroc_interval`)
-    and scores *both* AUROCs on the same draw, giving ``d*_b``. Returns the observed difference ``d``,
-    the ``(1 -/+ confidence) / 2`` quantiles of ``{d*_b}``, and the two-sided p-value of the shifted
-    null ``p = (1 + #{|d*_b - d| >= |d|}) / (1 + n_boot)`` (as
-    :func:`~manyminds.evaluation.stats.paired_bootstrap`). The library has no paired AUROC test yet.
-    """
-    a, b, y = np.asarray(scores_a, float), np.asarray(scores_b, float), np.asarray(labels).astype(bool)
-    if not (a.shape == b.shape == y.shape and a.ndim == 1) or y.all() or not y.any():
-        raise ValueError("paired_auroc needs two 1-d score lists and 0/1 labels of one length, with both labels")
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    obs = _auroc_fast(a[pos], a[neg]) - _auroc_fast(b[pos], b[neg])
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        p, n = pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
-        diffs[i] = _auroc_fast(a[p], a[n]) - _auroc_fast(b[p], b[n])
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    if obs == 0 and not diffs.any():
-        return 0.0, (0.0, 0.0), 1.0
-    extreme = int((np.abs(diffs - obs) >= abs(obs) - 1e-12).sum())
-    return obs, (float(lo), float(hi)), (1 + extreme) / (1 + n_boot)
 
 
 def sft_comparisons(runs: dict[str, dict], baseline: str, aurocs=(("max_epistemic", "total_entropy"),

@@ -113,3 +113,31 @@ def test_auroc_and_its_interval_match_sklearn():
     assert lo < value < hi
     with pytest.raises(ValueError, match="one positive and one negative"):
         auroc_interval([0.1, 0.2], [1, 1])
+
+
+def test_paired_auroc_matches_sklearn_on_shared_resamples():
+    metrics = pytest.importorskip("sklearn.metrics")
+    from manyminds.evaluation.stats import paired_auroc
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(40, int), np.zeros(60, int)]
+    a = np.round(rng.normal(labels * 1.2, 1.0), 1)  # the better score
+    b = np.round(a + rng.normal(0, 1.5, labels.size), 1)  # a noisier copy of it: the two are correlated
+    diff, (lo, hi), p = paired_auroc(a, b, labels, n_boot=1_000, seed=0)
+    ref_diff = metrics.roc_auc_score(labels, a) - metrics.roc_auc_score(labels, b)
+    assert diff == pytest.approx(ref_diff, abs=1e-12)
+    # reference: sklearn on paired stratified resamples drawn here, independently
+    ref_rng = np.random.default_rng(1)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    ref = []
+    for _ in range(1_000):
+        idx = np.r_[ref_rng.choice(pos, pos.size), ref_rng.choice(neg, neg.size)]
+        ref.append(metrics.roc_auc_score(labels[idx], a[idx]) - metrics.roc_auc_score(labels[idx], b[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ref, [0.025, 0.975])), abs=0.02)
+    assert 0 < lo < diff < hi and p < 0.05
+    # the same score twice: no difference, p = 1; the order of a and b flips the sign only
+    assert paired_auroc(a, a, labels) == (0.0, (0.0, 0.0), 1.0)
+    flipped, (flo, fhi), fp = paired_auroc(b, a, labels, n_boot=1_000, seed=0)
+    assert flipped == pytest.approx(-diff) and (flo, fhi) == pytest.approx((-hi, -lo)) and fp == p
+    with pytest.raises(ValueError, match="one length"):
+        paired_auroc(a, b[:-1], labels)

@@ -54,14 +54,18 @@ def conditions_table(conditions, title: str | None = None):
 
 
 def conditions_markdown(conditions) -> str:
-    """The same scores as a markdown table (all columns, seconds included)."""
-    head = ("| condition | answers/problem | per-mind acc | majority acc | pass@k | unique answers | "
-            "semantic div. | distinct-2 | self-BLEU | s |")
-    lines = [head, "|" + "---|" * 10]
+    """The same scores as a markdown table (all columns; semantic diversity and seconds only where
+    some condition has them: scores read back from saved answers have neither)."""
+    semantic = any(c.semantic_diversity is not None for c in conditions)
+    timed = any(c.seconds > 0 for c in conditions)
+    head = (["condition", "answers/problem", "per-mind acc", "majority acc", "pass@k", "unique answers"]
+            + (["semantic div."] if semantic else []) + ["distinct-2", "self-BLEU"] + (["s"] if timed else []))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in conditions:
-        lines.append(f"| {c.name} | {c.k} | {_pct(c.pass_at_1)} | {_pct(c.majority_at_k)} | {_pct(c.pass_at_k)} | "
-                     f"{c.unique_answers:.2f} | {_num(c.semantic_diversity)} | {_num(c.distinct_2)} | "
-                     f"{_num(c.self_bleu)} | {c.seconds:.1f} |")
+        cells = ([c.name, str(c.k), _pct(c.pass_at_1), _pct(c.majority_at_k), _pct(c.pass_at_k),
+                  f"{c.unique_answers:.2f}"] + ([_num(c.semantic_diversity)] if semantic else [])
+                 + [_num(c.distinct_2), _num(c.self_bleu)] + ([f"{c.seconds:.1f}"] if timed else []))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
