@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Sequence
 
 from manyminds.population.spec import MindSpec
+from manyminds.rows import prompt_grid
 
 from ._protocol import EXTRA_ARGS_KEY, QK_NORMS_CONFIG, WORKER_EXTENSION
 from .admission import check_spec, mind_salt, salt_for
@@ -232,8 +233,6 @@ def _rows(prompts, minds) -> tuple[list, list[int]]:
     if minds is None:
         return prompts, [-1] * len(prompts)
     if isinstance(minds, numbers.Integral) and not isinstance(minds, bool):
-        from manyminds.rows import prompt_grid
-
         return prompt_grid(prompts, _as_ids(minds))  # prompt-major: [P * minds]
     ids = _as_ids(minds)
     if len(prompts) == 1:
