@@ -40,9 +40,32 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "data" / "facts" / "ense
 MODEL = "smollm2-135m-instruct"
 
 
-def sft_rows(ds):
-    """Dev questions as prompt / completion conversations: completion = first accepted answer + "."."""
-    return ds.map(lambda r: {"completion": [{"role": "assistant", "content": r["accepted"][0] + "."}]},
+GREEDY_DEV = Path(__file__).resolve().parent.parent / "docs" / "data" / "facts" / "runs" / "dev" / "greedy_s0.jsonl"
+TARGETS = {"answer": "first accepted answer + '.'",
+           "prose": "the base model's own greedy reply where it is correct, else 'The answer is <first accepted>.'"}
+
+
+def sft_rows(ds, targets: str = "answer"):
+    """Dev questions as prompt / completion conversations.
+
+    ``answer``: completion = first accepted answer + "." (a one-word reply: SmolLM2 recalls worse
+    without its own sentence around the answer). ``prose``: the base model's greedy dev reply
+    (``docs/data/facts/runs/dev/greedy_s0.jsonl``, written by ``examples/facts_runs.py``) where it is
+    correct, else "The answer is <first accepted answer>.": the members stay in the model's own style.
+    """
+    from manyminds.tasks.short_answer import is_correct
+
+    greedy = {}
+    if targets == "prose":
+        greedy = {r["id"]: r["completions"][0] for r in map(json.loads, GREEDY_DEV.open())}
+
+    def target(r):
+        reply = greedy.get(r["id"])
+        if targets == "prose" and reply is not None and is_correct(reply, r["accepted"]):
+            return reply
+        return f"The answer is {r['accepted'][0]}." if targets == "prose" else r["accepted"][0] + "."
+
+    return ds.map(lambda r: {"completion": [{"role": "assistant", "content": target(r)}]},
                   remove_columns=[c for c in ds.column_names if c not in ("prompt",)])
 
 
@@ -143,6 +166,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--targets", choices=sorted(TARGETS), default="answer",
+                        help="training completions: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
     parser.add_argument("--n-test", type=int, default=None, help="first N test questions (default: all)")
     parser.add_argument("--eval-batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
@@ -158,7 +183,7 @@ def main(argv=None) -> None:
         if args.out == OUT:
             args.out = Path("/tmp/facts_ensemble_quick")
     args.layers = None if args.layers == "all" else args.layers
-    args.run_dir = Path("/tmp") / f"facts_ensemble_run_a{args.alpha:g}"
+    args.run_dir = Path("/tmp") / f"facts_ensemble_run_a{args.alpha:g}_{args.targets}"
 
     import torch
 
@@ -176,7 +201,7 @@ def main(argv=None) -> None:
     if args.n_test is not None:
         test = test.select(range(min(args.n_test, len(test))))
     step_times: list[float] = []
-    ensemble, history = train(args, tokenizer, sft_rows(dev), step_times)
+    ensemble, history = train(args, tokenizer, sft_rows(dev, args.targets), step_times)
     train_s = time.time() - start
     losses = [row["loss"] for row in history if "loss" in row and "train_runtime" not in row]
     first, last = window_means(losses, args.loss_window)
@@ -185,14 +210,14 @@ def main(argv=None) -> None:
     t1 = time.time()
     records = score(args, ensemble, tokenizer, test)
     score_s = time.time() - t1
-    stem = f"alpha{args.alpha:g}"
+    stem = f"alpha{args.alpha:g}" + ("" if args.targets == "answer" else f"_{args.targets}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{stem}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     member_acc = [sum(r["member_correct"][k] for r in records) / len(records) for k in range(args.members)]
     meta = {"model": MODEL, "task": "facts", "train_split": "dev", "train_questions": len(dev),
             "test_split": "test", "test_questions": len(records),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "lr_schedule": "constant_with_warmup", "completion": "first accepted answer + '.'",
+            "lr_schedule": "constant_with_warmup", "completion": TARGETS[args.targets],
             "steps_budget": args.steps, "steps_done": len(losses),
             "stopped_by_time_cap": len(losses) < args.steps,
             "epochs": len(losses) * args.batch_size / len(dev), "step_end_seconds": step_times,

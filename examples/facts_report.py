@@ -157,7 +157,8 @@ def error_detection(data: dict, seeds: list[int], confidence: float = 0.95) -> t
         if set(rows) != set(ids):
             print(f"skipping {path.name}: its questions differ from the test split's", file=sys.stderr)
             continue
-        alpha = path.stem.removeprefix("alpha")
+        alpha, _, targets = path.stem.removeprefix("alpha").partition("_")
+        alpha += {"": ", one-word targets", "prose": ", own-reply targets"}.get(targets, f", {targets} targets")
         for field, label in (("epistemic", "mutual information (mean over answer tokens)"),
                              ("max_epistemic", "mutual information (max over answer tokens)"),
                              ("total", "total entropy"), ("disagreement", "member disagreement")):
@@ -189,7 +190,25 @@ def error_detection(data: dict, seeds: list[int], confidence: float = 0.95) -> t
             f"interval; PRR (prediction rejection ratio: 1 = the oracle's rejection order, 0 = random): "
             f"percentile bootstrap over questions (2,000 resamples). Δ AUROC: paired stratified bootstrap "
             f"against the greedy answer's mean token NLL on the same questions.\n\n")
-    return head + "\n".join(lines) + "\n", raw
+    return head + "\n".join(lines) + "\n" + ensemble_notes(1 - sum(wrong) / len(ids)), raw
+
+
+def ensemble_notes(base_accuracy: float) -> str:
+    """One line per ensemble run: how its own replies score and how it was trained (its meta file)."""
+    out = []
+    for path in sorted(ENSEMBLE.glob("alpha*.meta.json")):
+        meta = json.loads(path.read_text())
+        s = meta["settings"]
+        members = ", ".join(f"{a:.1%}" for a in meta["member_accuracy"])
+        out.append(f"- `{path.name}`: K = {s['members']}, α = {s['alpha']:g}, LoRA r = {s['r']} on "
+                   f"{s['modules']} of layers {s['layers']}, {meta['steps_done']} steps of {s['batch_size']} "
+                   f"(lr {s['lr']:g}) on the {meta['train_questions']} dev questions, completion: "
+                   f"{meta['completion']}; loss {meta['loss_first_window_mean']:.2f} -> "
+                   f"{meta['loss_last_window_mean']:.2f} (first / last {s['loss_window']} steps); its own "
+                   f"greedy replies on test: mixture {meta['mixture_accuracy']:.1%}, members {members} "
+                   f"right (base greedy {base_accuracy:.1%}).")
+    return ("\nThe ensembles (settings and accuracy from `docs/data/facts/ensemble/*.meta.json`):\n\n"
+            + "\n".join(out) + "\n") if out else ""
 
 
 def build(png: Path | None = PNG) -> str:
