@@ -343,18 +343,21 @@ def format_sigma(sigma: float) -> str:
     return f"{sigma:.4f}" if sigma >= 1e-3 else f"{sigma:.3g}"
 
 
-def resolve_sigmas(spec: Sequence[float | str], model, tokenizer, model_id: str, *, norms: str = "all",
+def resolve_sigmas(spec: Sequence[float | str], model, tokenizer, model_id: str | None, *, norms: str = "all",
                    noise: str = "additive", sigma_scale: str = "absolute") -> list[float]:
-    """``spec`` (from :func:`parse_sigma_option`) with ``"auto"`` replaced by the model's calibrated sigma
-    (:func:`manyminds.population.auto_sigma`: cached, or the zoo's documented value, or calibrated
-    now behind a status line), which is announced in one line on stderr::
+    """``spec`` (from :func:`parse_sigma_option`) with ``"auto"`` replaced by the calibrated sigma of the
+    model that ``--model model_id`` loaded (``None``: the default model; :func:`manyminds.population.auto_sigma`:
+    cached, or the zoo's documented value, or calibrated now behind a status line), announced in
+    one line on stderr::
 
         sigma auto = 0.0050 (calibrated for smollm2-135m-instruct, cached at ~/.cache/manyminds/sigma/...)
     """
     if SIGMA_AUTO not in spec:
         return [float(s) for s in spec]
     from manyminds.population import auto_sigma_record
+    from manyminds.zoo import DEFAULT_MODEL
 
+    model_id = model_id or DEFAULT_MODEL
     with err_console().status(f"sigma auto: looking up (or calibrating, once) the sigma of {model_id}..."):
         found = auto_sigma_record(model, tokenizer, model_id=model_id, norms=norms, noise=noise,
                                   sigma_scale=sigma_scale)

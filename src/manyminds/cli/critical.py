@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from manyminds.cli import common
-from manyminds.cli.common import MODEL_HELP, CLIError, console, err_console
+from manyminds.cli.common import CLIError, ModelOption, console, err_console
 
 
 def load_adapter(model, path: str, member: int | None):
@@ -72,7 +72,7 @@ def result_table(res, alpha: float | None, seconds: float):
 def register(app: typer.Typer) -> None:
     @app.command("critical-alpha")
     def critical_alpha_command(
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         task: Annotated[str, typer.Option("--task", help="bundled task (ignored with --data)")] = "conflict",
         data: Annotated[str | None, typer.Option(
             "--data", help="local SFT dataset (.jsonl/.json/.csv/.parquet or a datasets folder)")] = None,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from manyminds.cli.common import (
-    MODEL_HELP,
+    ModelOption,
     console,
     err_console,
     load_model,
@@ -62,7 +62,7 @@ def _sigma_spec(text: str) -> list[float | str]:
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         task: Annotated[str | None, typer.Option(
             "--task", help="arith or facts (default: facts for a model with a chat template, else arith)")] = None,
         problems: Annotated[int, typer.Option("--problems", min=1, help="test problems of the task")] = 50,
@@ -129,9 +129,7 @@ def register(app: typer.Typer) -> None:
         minds = minds or defaults["minds"]
         spec = _sigma_spec(sigmas or defaults["sigmas"])
         if "auto" in spec:
-            from manyminds.zoo import DEFAULT_MODEL
-
-            spec = resolve_sigmas(spec, lm, tok, model or DEFAULT_MODEL)
+            spec = resolve_sigmas(spec, lm, tok, model)
         config = eval_config(EvalConfig, k=minds, sigmas=tuple(spec),
                              mind_seed=seed, temperature=temperature, temperatures=tuple(extra_temps),
                              mind_temperature=mind_temperature,

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from manyminds.cli.common import (
-    MODEL_HELP,
     SIGMA_HELP,
+    ModelOption,
     console,
     load_model,
     parse_sigma_option,
@@ -35,7 +35,7 @@ from manyminds.cli.eval_common import (
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         task: Annotated[str | None, typer.Option("--task", help="bundled task (default: arith)")] = None,
         data: Annotated[str | None, typer.Option(
             "--data", "--dataset", help="local dataset with 'prompt' and 'answer' columns instead")] = None,
@@ -92,9 +92,7 @@ def register(app: typer.Typer) -> None:
         rows = load_prompts(task, data, "arith", split, n, data_seed)
         lm, tok = load_model(model)
         if "auto" in sigma_spec:
-            from manyminds.zoo import DEFAULT_MODEL
-
-            config.sigmas = tuple(resolve_sigmas(sigma_spec, lm, tok, model or DEFAULT_MODEL))
+            config.sigmas = tuple(resolve_sigmas(sigma_spec, lm, tok, model))
         chat = use_chat(chat, tok)
         if chat:
             rows = chat_dataset(rows)

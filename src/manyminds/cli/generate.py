@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from manyminds.cli.common import (
-    MODEL_HELP,
     SIGMA_HELP,
     CLIError,
+    ModelOption,
+    NoiseOption,
+    NormsOption,
     console,
     err_console,
     load_model,
@@ -54,13 +56,13 @@ def register(app: typer.Typer) -> None:
     def generate(
         prompts: Annotated[list[str], typer.Argument(help="prompt(s); each is answered by every mind; in bash "
                                                           "write newlines as $'Q: 7+8-3\\nA:'")],
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         minds: Annotated[int, typer.Option("--minds", min=1, help="number of minds (ids 0 .. minds-1)")] = 8,
         sigma: Annotated[str, typer.Option("--sigma", help=SIGMA_HELP)] = "0.02",
         seed: Annotated[int, typer.Option("--seed", help="population seed: (seed, mind id) addresses a mind; "
                                                          "also the sampling seed")] = 0,
-        norms: Annotated[str, typer.Option("--norms", help="perturbed norms: all, blocks or final")] = "all",
-        noise: Annotated[str, typer.Option("--noise", help="additive (the paper) or multiplicative")] = "additive",
+        norms: NormsOption = "all",
+        noise: NoiseOption = "additive",
         temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy per mind")] = 0.0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="tokens to generate")] = 64,
         chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help=CHAT_HELP, show_default=False)] = None,
@@ -84,14 +86,13 @@ def register(app: typer.Typer) -> None:
         from manyminds.population import Population
         from manyminds.rows import group_rows, prompt_grid, user_message
         from manyminds.tasks import extract_answer
-        from manyminds.zoo import DEFAULT_MODEL
 
         if engine not in ("transformers", "vllm"):
             raise CLIError(f"--engine must be transformers or vllm, got {engine!r}")
         for prompt in prompts:
             check_prompt(prompt)
         lm, tok = load_model(model)
-        sigma = resolve_sigmas(spec, lm, tok, model or DEFAULT_MODEL, norms=norms, noise=noise)[0]
+        sigma = resolve_sigmas(spec, lm, tok, model, norms=norms, noise=noise)[0]
         pop = Population(lm, sigma=sigma, seed=seed, norms=norms, noise=noise)
         chat = use_chat(chat, tok)
         inputs = [user_message(p) if chat else p for p in prompts]

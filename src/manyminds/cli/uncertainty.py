@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from manyminds.cli.common import (
-    MODEL_HELP,
     RUN_FILE,
     CLIError,
+    ModelOption,
     console,
     err_console,
     load_model,
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     def uncertainty(
         ensemble_dir: Annotated[Path, typer.Argument(
             help="output dir of `manyminds sft/dpo` (or a folder with member_k/)")],
-        model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+        model: ModelOption = None,
         task: Annotated[str | None, typer.Option("--task", help="bundled task (default: the run's task)")] = None,
         data: Annotated[str | None, typer.Option(
             "--data", "--dataset", help="JSONL/JSON file or datasets folder with a 'prompt' column")] = None,
