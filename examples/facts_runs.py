@@ -65,19 +65,20 @@ def greedy_nll(model, tokenizer, prompts, replies) -> list[dict]:
 def run_condition(model, tokenizer, rows, cond: dict, seed: int, k: int, args) -> list[dict]:
     from manyminds.evaluation.generation import generate_completions
     from manyminds.population import Population
+    from manyminds.rows import group_rows, prompt_grid
 
     prompts = [r["prompt"] for r in rows]
     k = 1 if cond["kind"] == "greedy" else k
-    flat_prompts = [p for p in prompts for _ in range(k)]  # prompt-major [P * k], as evaluate()
+    flat_prompts, mind_ids = prompt_grid(prompts, k)  # prompt-major [P * k] rows, minds 0..k-1, as evaluate()
     gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": seed}
     if cond["kind"] == "add":
         population = Population(model, sigma=cond["value"], seed=seed)
         flat = generate_completions(model, tokenizer, flat_prompts, population=population,
-                                    mind_ids=list(range(k)) * len(prompts), temperature=0.0, **gen)
+                                    mind_ids=mind_ids, temperature=0.0, **gen)
     else:
         temperature = cond["value"] if cond["kind"] == "temp" else 0.0
         flat = generate_completions(model, tokenizer, flat_prompts, temperature=temperature, **gen)
-    grid = [flat[i:i + k] for i in range(0, len(flat), k)]
+    grid = group_rows(flat, k)  # [P][k]
     nll = greedy_nll(model, tokenizer, prompts, flat) if cond["kind"] == "greedy" else [{}] * len(rows)
     return [{"id": r["id"], "category": r["category"], "question": r["prompt"][0]["content"],
              "accepted": r["accepted"], "condition": cond["stem"], "seed": seed, "completions": g, **extra}
