@@ -110,17 +110,13 @@ def tables(runs, title: str, confidence: float = 0.95) -> str:
 
 
 def disagreement(records: list[dict]) -> list[float]:
-    """``1 - (share of the k answers with the most common key)`` per question."""
-    from manyminds import metrics
+    """``1 - (share of the k answers with the most common key)`` per question
+    (:func:`~manyminds.ensemble.uncertainty.answer_disagreement` of the short reader's keys)."""
+    from manyminds.ensemble.uncertainty import answer_disagreement
     from manyminds.evaluation.readers import SHORT_ANSWER
 
-    out = []
-    for r in records:
-        keys = [SHORT_ANSWER.key(c, r["question"]) for c in r["completions"]]
-        votes = metrics.vote_counts(keys)
-        top = max(votes.values()) if votes else 0
-        out.append(1.0 - top / len(keys))
-    return out
+    keys = [[SHORT_ANSWER.key(c, r["question"]) for c in r["completions"]] for r in records]  # [N][k]
+    return answer_disagreement(list(zip(*keys)))                                             # [k][N] -> [N]
 
 
 def pooled(data, key, seeds) -> list[dict]:
